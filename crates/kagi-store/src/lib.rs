@@ -1,0 +1,16 @@
+//! kagi's storage boundary. The rest of kagi sees two traits:
+//!
+//! - [`KeyStore`]: key records, wrapped key material, policies, tokens and small settings.
+//!   Async, because the PostgreSQL backend for several nodes is async.
+//! - [`AuditStore`]: the append-only audit chain. Synchronous, because one dedicated writer
+//!   thread batches records into group commits.
+//!
+//! SQLite implements both for the embedded default ([`sqlite`]).
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod sqlite;
+mod traits;
+
+pub use error::StoreError;
+pub use traits::{AuditStore, Checkpoint, KeyStore, TokenRecord};
