@@ -69,7 +69,11 @@ pub struct VerifyFailure {
 
 impl std::fmt::Display for VerifyFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "audit chain broken at record {}: {}", self.seq, self.reason)
+        write!(
+            f,
+            "audit chain broken at record {}: {}",
+            self.seq, self.reason
+        )
     }
 }
 
@@ -95,27 +99,52 @@ where
         let expected = n + 1;
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| fail(expected, format!("record is not valid JSON ({e})")))?;
-        let rec: AuditRecord = serde_json::from_value(v.clone())
-            .map_err(|e| fail(expected, format!("record does not have the record format ({e})")))?;
+        let rec: AuditRecord = serde_json::from_value(v.clone()).map_err(|e| {
+            fail(
+                expected,
+                format!("record does not have the record format ({e})"),
+            )
+        })?;
         if rec.seq != expected {
             return Err(if rec.seq > expected {
-                fail(expected, format!("record is missing or out of order (found record {} in its place)", rec.seq))
+                fail(
+                    expected,
+                    format!(
+                        "record is missing or out of order (found record {} in its place)",
+                        rec.seq
+                    ),
+                )
             } else {
-                fail(expected, format!("record {} appears again or out of order in place of record {expected}", rec.seq))
+                fail(
+                    expected,
+                    format!(
+                        "record {} appears again or out of order in place of record {expected}",
+                        rec.seq
+                    ),
+                )
             });
         }
         if let Some(s) = stored_seq {
             if s != rec.seq {
-                return Err(fail(expected, format!("stored as record {s} but says it is record {}", rec.seq)));
+                return Err(fail(
+                    expected,
+                    format!("stored as record {s} but says it is record {}", rec.seq),
+                ));
             }
         }
         if hash_of(v) != rec.hash {
-            return Err(fail(expected, "content does not match its hash: the record was altered"));
+            return Err(fail(
+                expected,
+                "content does not match its hash: the record was altered",
+            ));
         }
         if rec.prev_hash != prev_hash {
             // This record is intact (its own hash matches), so the one before it changed.
             return Err(if expected == 1 {
-                fail(1, "the first record does not start the chain: records before it were removed")
+                fail(
+                    1,
+                    "the first record does not start the chain: records before it were removed",
+                )
             } else {
                 fail(expected - 1, format!("record {expected} does not chain to it: it was altered and re-hashed, or replaced"))
             });
@@ -126,15 +155,30 @@ where
             }
             if cp.seq == rec.seq {
                 if cp.hash != rec.hash {
-                    return Err(fail(rec.seq, "differs from the signed checkpoint at this record"));
+                    return Err(fail(
+                        rec.seq,
+                        "differs from the signed checkpoint at this record",
+                    ));
                 }
                 let pk = hex::decode(&cp.public_key).unwrap_or_default();
                 let sig = hex::decode(&cp.signature).unwrap_or_default();
-                kagi_crypto::verify_ed25519(&pk, &checkpoint_message(cp.seq, &cp.hash, &cp.time), &sig)
-                    .map_err(|_| fail(rec.seq, "the checkpoint signature at this record does not verify"))?;
+                kagi_crypto::verify_ed25519(
+                    &pk,
+                    &checkpoint_message(cp.seq, &cp.hash, &cp.time),
+                    &sig,
+                )
+                .map_err(|_| {
+                    fail(
+                        rec.seq,
+                        "the checkpoint signature at this record does not verify",
+                    )
+                })?;
                 if let Some(k) = &cp_key {
                     if k != &cp.public_key {
-                        return Err(fail(rec.seq, "checkpoint signed with a different key than earlier checkpoints"));
+                        return Err(fail(
+                            rec.seq,
+                            "checkpoint signed with a different key than earlier checkpoints",
+                        ));
                     }
                 }
                 cp_key = Some(cp.public_key.clone());
@@ -148,7 +192,10 @@ where
     if let Some(cp) = cps.next() {
         return Err(fail(
             n + 1,
-            format!("missing: a signed checkpoint covers records up to {}, but the log ends at {n}", cp.seq),
+            format!(
+                "missing: a signed checkpoint covers records up to {}, but the log ends at {n}",
+                cp.seq
+            ),
         ));
     }
     Ok(VerifyReport {
@@ -211,7 +258,10 @@ mod tests {
         sorted.sort();
         assert_eq!(keys, sorted);
         let s = serde_json::to_string(&v).unwrap();
-        assert!(s.starts_with("{\"context\":{\"tenant\":\"acme\"},\"hash\":"), "{s}");
+        assert!(
+            s.starts_with("{\"context\":{\"tenant\":\"acme\"},\"hash\":"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -258,13 +308,18 @@ mod tests {
         assert_eq!(run(&garbage).unwrap_err().seq, 5);
 
         // Stored under a different seq than it says.
-        let pairs: Vec<_> = good.iter().enumerate().map(|(i, l)| (Some(if i == 2 { 9 } else { i as u64 + 1 }), l.clone())).collect();
+        let pairs: Vec<_> = good
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (Some(if i == 2 { 9 } else { i as u64 + 1 }), l.clone()))
+            .collect();
         assert_eq!(verify(pairs, &[]).unwrap_err().seq, 3);
     }
 
     #[test]
     fn checkpoints_are_checked_and_pin_the_tail() {
-        let key = kagi_crypto::SigningKey::from_seed(&kagi_crypto::SecretKey32::generate()).unwrap();
+        let key =
+            kagi_crypto::SigningKey::from_seed(&kagi_crypto::SecretKey32::generate()).unwrap();
         let lines = chain(4);
         let r3: AuditRecord = serde_json::from_str(&lines[2]).unwrap();
         let time = "2026-11-28T00:00:01Z".to_string();
@@ -276,9 +331,19 @@ mod tests {
             time,
         };
         let all = |l: &[String]| l.iter().map(|x| (None, x.clone())).collect::<Vec<_>>();
-        assert_eq!(verify(all(&lines), std::slice::from_ref(&cp)).unwrap().checkpoints, 1);
+        assert_eq!(
+            verify(all(&lines), std::slice::from_ref(&cp))
+                .unwrap()
+                .checkpoints,
+            1
+        );
         // Truncating below a checkpoint is caught.
-        assert_eq!(verify(all(&lines[..2]), std::slice::from_ref(&cp)).unwrap_err().seq, 3);
+        assert_eq!(
+            verify(all(&lines[..2]), std::slice::from_ref(&cp))
+                .unwrap_err()
+                .seq,
+            3
+        );
         let mut forged = cp.clone();
         forged.signature = hex::encode([0u8; 64]);
         assert_eq!(verify(all(&lines), &[forged]).unwrap_err().seq, 3);

@@ -21,20 +21,28 @@ impl std::str::FromStr for ExportFormat {
             "jsonl" => Ok(Self::Jsonl),
             "syslog" => Ok(Self::Syslog),
             "cef" => Ok(Self::Cef),
-            _ => Err(format!("unknown export format {s:?}: use jsonl, syslog or cef")),
+            _ => Err(format!(
+                "unknown export format {s:?}: use jsonl, syslog or cef"
+            )),
         }
     }
 }
 
 fn sd_escape(s: &str) -> String {
     // RFC 5424 §6.3.3: escape '"', '\' and ']' in PARAM-VALUE.
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace(']', "\\]")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace(']', "\\]")
 }
 
 /// One RFC 5424 line: facility authpriv (10), severity info (6) or warning (4) for denials
 /// and errors; structured data `kagi@32473` carries the fields.
 pub fn to_syslog(r: &AuditRecord, hostname: &str) -> String {
-    let sev = if r.event.outcome == Outcome::Success { 6 } else { 4 };
+    let sev = if r.event.outcome == Outcome::Success {
+        6
+    } else {
+        4
+    };
     let pri = 10 * 8 + sev;
     let mut sd = format!(
         "[kagi@32473 seq=\"{}\" op=\"{}\" outcome=\"{}\" principal=\"{}\" request_id=\"{}\" hash=\"{}\"",
@@ -56,7 +64,11 @@ pub fn to_syslog(r: &AuditRecord, hostname: &str) -> String {
         }
     }
     sd.push(']');
-    let msg = r.event.reason.clone().unwrap_or_else(|| r.event.operation.clone());
+    let msg = r
+        .event
+        .reason
+        .clone()
+        .unwrap_or_else(|| r.event.operation.clone());
     format!(
         "<{pri}>1 {} {} kagi - AUDIT {sd} {}",
         r.event.time,
@@ -132,7 +144,12 @@ mod tests {
             hash: "h".into(),
         };
         let s = to_syslog(&r, "host");
-        assert!(s.starts_with("<86>1 2026-11-28T00:00:00.000000Z host kagi - AUDIT [kagi@32473 seq=\"1\""), "{s}");
+        assert!(
+            s.starts_with(
+                "<86>1 2026-11-28T00:00:00.000000Z host kagi - AUDIT [kagi@32473 seq=\"1\""
+            ),
+            "{s}"
+        );
         assert!(s.contains("principal=\"a\\\"b\\]c\""), "{s}");
         let c = to_cef(&r);
         assert!(c.starts_with("CEF:0|kagi|kagi|"), "{c}");

@@ -46,6 +46,8 @@ pub struct AuditStats {
     pub checkpoints: AtomicU64,
     /// True while the last write failed.
     pub failing: AtomicBool,
+    /// Sequence number of the newest durable record (the writer's chain head).
+    pub head: AtomicU64,
 }
 
 /// The handle callers use. Cheap to clone.
@@ -85,6 +87,7 @@ impl AuditLog {
         let (tx, rx) = sync_channel(QUEUE_DEPTH);
         let signer: SignerSlot = Arc::new(Mutex::new(None));
         let stats = Arc::new(AuditStats::default());
+        stats.head.store(seq, Ordering::Relaxed);
         let w = Writer {
             rx,
             store: store.clone(),
@@ -116,7 +119,9 @@ impl AuditLog {
                 return Err(AuditError::Unavailable("the audit queue is full".into()))
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(AuditError::Unavailable("the audit writer has stopped".into()))
+                return Err(AuditError::Unavailable(
+                    "the audit writer has stopped".into(),
+                ))
             }
         }
         wait.await
@@ -207,12 +212,15 @@ impl Writer {
                 let first = self.seq + 1;
                 self.seq = seq;
                 self.hash = hash;
+                self.stats.head.store(seq, Ordering::Relaxed);
                 if cp.is_some() {
                     self.last_cp = seq;
                     self.last_cp_at = Instant::now();
                     self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 }
-                self.stats.records.fetch_add(lines.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .records
+                    .fetch_add(lines.len() as u64, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 if self.stats.failing.swap(false, Ordering::Relaxed) {
                     tracing::warn!("audit log is writable again; key operations resume");
@@ -259,11 +267,15 @@ mod tests {
         {
             let store: Arc<dyn AuditStore> = Arc::new(SqliteAuditStore::open(&path).unwrap());
             let log = AuditLog::start(store.clone()).unwrap();
-            log.set_signer(Some(SigningKey::from_seed(&kagi_crypto::SecretKey32::generate()).unwrap()));
+            log.set_signer(Some(
+                SigningKey::from_seed(&kagi_crypto::SecretKey32::generate()).unwrap(),
+            ));
             let mut tasks = Vec::new();
             for i in 0..200u32 {
                 let log = log.clone();
-                tasks.push(tokio::spawn(async move { log.record(crate::chain::tests_support::event(i)).await }));
+                tasks.push(tokio::spawn(async move {
+                    log.record(crate::chain::tests_support::event(i)).await
+                }));
             }
             let mut seqs: Vec<u64> = Vec::new();
             for t in tasks {
@@ -274,9 +286,18 @@ mod tests {
         }
         let store: Arc<dyn AuditStore> = Arc::new(SqliteAuditStore::open(&path).unwrap());
         let log = AuditLog::start(store.clone()).unwrap();
-        assert_eq!(log.record(crate::chain::tests_support::event(0)).await.unwrap(), 201);
+        assert_eq!(
+            log.record(crate::chain::tests_support::event(0))
+                .await
+                .unwrap(),
+            201
+        );
         let rows = store.read(1, 1000).unwrap();
-        let r = crate::verify(rows.into_iter().map(|(s, l)| (Some(s), l)), &store.checkpoints().unwrap()).unwrap();
+        let r = crate::verify(
+            rows.into_iter().map(|(s, l)| (Some(s), l)),
+            &store.checkpoints().unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.last_seq, 201);
     }
 }

@@ -24,8 +24,8 @@ impl AeadKey {
     /// Prepares `key` for AES-256-GCM.
     pub fn new(key: &SecretKey32) -> Self {
         #[allow(clippy::expect_used)]
-        let unbound = UnboundKey::new(&AES_256_GCM, key.expose())
-            .expect("AES-256 accepts every 32-byte key");
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, key.expose()).expect("AES-256 accepts every 32-byte key");
         Self {
             key: LessSafeKey::new(unbound),
         }
@@ -47,11 +47,7 @@ impl AeadKey {
     pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) {
         #[allow(clippy::expect_used)]
         self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(*nonce),
-                Aad::from(aad),
-                buf,
-            )
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
             .expect("AES-GCM sealing only fails for inputs over 64 GiB");
     }
 
@@ -68,7 +64,11 @@ impl AeadKey {
         let mut buf = ciphertext_and_tag.to_vec();
         let len = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
             .map_err(|_| CryptoError::Authentication)?
             .len();
         buf.truncate(len);
@@ -89,7 +89,10 @@ mod tests {
         let mut bad = c.clone();
         bad[0] ^= 1;
         assert_eq!(k.open(&n, b"aad", &bad), Err(CryptoError::Authentication));
-        assert_eq!(k.open(&n, b"aad", &c[..3]), Err(CryptoError::Authentication));
+        assert_eq!(
+            k.open(&n, b"aad", &c[..3]),
+            Err(CryptoError::Authentication)
+        );
     }
 
     /// NIST GCM test vector (gcmEncryptExtIV256, Count 0 with 128-bit PT): pins that this

@@ -14,9 +14,7 @@ pub fn split(
     shares: usize,
 ) -> Result<Vec<SecretBytes>, CryptoError> {
     if threshold < 1 || shares < threshold || shares > 255 {
-        return Err(CryptoError::Shares(
-            "need 1 <= threshold <= shares <= 255",
-        ));
+        return Err(CryptoError::Shares("need 1 <= threshold <= shares <= 255"));
     }
     if threshold == 1 {
         // vsss-rs requires threshold >= 2; a 1-of-N split is N copies of the secret.
@@ -45,14 +43,16 @@ pub fn combine(shares: &[SecretBytes]) -> Result<SecretBytes, CryptoError> {
     ids.sort_unstable();
     ids.dedup();
     if ids.len() != shares.len() || ids.contains(&0) {
-        return Err(CryptoError::Shares("duplicate or invalid share identifiers"));
+        return Err(CryptoError::Shares(
+            "duplicate or invalid share identifiers",
+        ));
     }
     if shares.len() == 1 {
         return Ok(SecretBytes::new(first.expose()[1..].to_vec()));
     }
     let raw: Vec<Vec<u8>> = shares.iter().map(|s| s.expose().to_vec()).collect();
-    let secret = Gf256::combine_bytes(&raw)
-        .map_err(|_| CryptoError::Shares("the shares do not combine"))?;
+    let secret =
+        Gf256::combine_bytes(&raw).map_err(|_| CryptoError::Shares("the shares do not combine"))?;
     for mut r in raw {
         zeroize::Zeroize::zeroize(&mut r);
     }

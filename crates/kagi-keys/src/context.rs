@@ -44,7 +44,9 @@ impl EncryptionContext {
                 KeyModelError::InvalidContext(format!("{a:?} is not of the form KEY=VALUE"))
             })?;
             if map.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(KeyModelError::InvalidContext(format!("key {k:?} is given twice")));
+                return Err(KeyModelError::InvalidContext(format!(
+                    "key {k:?} is given twice"
+                )));
             }
         }
         Self::new(map)

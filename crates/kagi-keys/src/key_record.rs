@@ -186,7 +186,9 @@ impl KeyRecord {
 
     /// When the newest version was made.
     pub fn current_version_created(&self) -> i64 {
-        self.versions.last().map_or(self.created_at, |v| v.created_at)
+        self.versions
+            .last()
+            .map_or(self.created_at, |v| v.created_at)
     }
 
     fn refuse(&self, action: &'static str) -> KeyModelError {

@@ -186,9 +186,8 @@ impl Policy {
     /// Parses and validates a policy document; the error names the rule and field.
     pub fn parse(text: &str) -> Result<Self, KeyModelError> {
         let bad = |m: String| KeyModelError::InvalidPolicy(m);
-        let file: PolicyFile = toml::from_str(text).map_err(|e| {
-            bad(e.message().to_string() + &span_line(text, e.span()))
-        })?;
+        let file: PolicyFile = toml::from_str(text)
+            .map_err(|e| bad(e.message().to_string() + &span_line(text, e.span())))?;
         let mut rules = Vec::with_capacity(file.rule.len());
         for (i, r) in file.rule.into_iter().enumerate() {
             let n = i + 1;
@@ -203,7 +202,10 @@ impl Policy {
             } else {
                 let mut ops = Vec::new();
                 for o in &r.operations {
-                    ops.push(o.parse::<Operation>().map_err(|e| bad(format!("rule {n}: {e}")))?);
+                    ops.push(
+                        o.parse::<Operation>()
+                            .map_err(|e| bad(format!("rule {n}: {e}")))?,
+                    );
                 }
                 Some(ops)
             };
@@ -223,8 +225,9 @@ impl Policy {
                     days = 0x7f;
                 }
                 for d in &t.days {
-                    let b = parse_day(d)
-                        .ok_or_else(|| bad(format!("rule {n}: unknown day {d:?} (use mon..sun)")))?;
+                    let b = parse_day(d).ok_or_else(|| {
+                        bad(format!("rule {n}: unknown day {d:?} (use mon..sun)"))
+                    })?;
                     days |= 1 << b;
                 }
                 let tz = jiff::tz::TimeZone::get(&t.tz)
@@ -281,11 +284,10 @@ impl Rule {
         if !(key_ok && op_ok) {
             return false;
         }
-        let ctx_ok = self.context.iter().all(|(k, pat)| {
-            req.context
-                .get(k)
-                .is_some_and(|v| glob::matches(pat, v))
-        });
+        let ctx_ok = self
+            .context
+            .iter()
+            .all(|(k, pat)| req.context.get(k).is_some_and(|v| glob::matches(pat, v)));
         let just_ok = self.justifications.is_empty()
             || req
                 .justification
@@ -333,7 +335,11 @@ pub fn decide<'p>(
 mod tests {
     use super::*;
 
-    fn req<'a>(op: Operation, key: Option<&'a str>, ctx: &'a EncryptionContext) -> AccessRequest<'a> {
+    fn req<'a>(
+        op: Operation,
+        key: Option<&'a str>,
+        ctx: &'a EncryptionContext,
+    ) -> AccessRequest<'a> {
         AccessRequest {
             operation: op,
             key,

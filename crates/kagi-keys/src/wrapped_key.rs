@@ -70,7 +70,9 @@ impl WrappedBlob {
             return Err(KeyModelError::MalformedBlob("it is truncated"));
         }
         if bytes.len() > MAX_BLOB_LEN {
-            return Err(KeyModelError::MalformedBlob("it is longer than any kagi blob"));
+            return Err(KeyModelError::MalformedBlob(
+                "it is longer than any kagi blob",
+            ));
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&bytes[1..17]);
@@ -138,7 +140,10 @@ mod tests {
         let ctx = EncryptionContext::from_kv_args(&["t=a"]).unwrap();
         let a = WrappedBlob::aad(&id, 1, &[0; 12], &ctx);
         assert_ne!(a, WrappedBlob::aad(&id, 2, &[0; 12], &ctx));
-        assert_ne!(a, WrappedBlob::aad(&id, 1, &[0; 12], &EncryptionContext::empty()));
+        assert_ne!(
+            a,
+            WrappedBlob::aad(&id, 1, &[0; 12], &EncryptionContext::empty())
+        );
         assert_eq!(&a[..HEADER_LEN], &WrappedBlob::header(&id, 1, &[0; 12]));
     }
 }

@@ -102,8 +102,12 @@ impl KeyStore for SqliteKeyStore {
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = name.to_string();
         self.with(move |c| {
-            Ok(c.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
         })
         .await
     }
@@ -150,10 +154,12 @@ impl KeyStore for SqliteKeyStore {
     async fn key_by_name(&self, name: &str) -> Result<Option<KeyRecord>, StoreError> {
         let name = name.to_string();
         self.with(move |c| {
-            c.query_row("SELECT record FROM keys WHERE name = ?1", [name], |r| r.get(0))
-                .optional()?
-                .map(decode_key)
-                .transpose()
+            c.query_row("SELECT record FROM keys WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .map(decode_key)
+            .transpose()
         })
         .await
     }
@@ -192,7 +198,10 @@ impl KeyStore for SqliteKeyStore {
         let nv = new_version.map(|(v, w)| (v, w.to_vec()));
         self.with(move |c| {
             let tx = c.transaction()?;
-            let n = tx.execute("UPDATE keys SET record = ?1 WHERE id = ?2", params![json, id])?;
+            let n = tx.execute(
+                "UPDATE keys SET record = ?1 WHERE id = ?2",
+                params![json, id],
+            )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("key {id}")));
             }
@@ -214,7 +223,10 @@ impl KeyStore for SqliteKeyStore {
         self.with(move |c| {
             let tx = c.transaction()?;
             tx.execute("DELETE FROM key_versions WHERE key_id = ?1", [&id])?;
-            let n = tx.execute("UPDATE keys SET record = ?1 WHERE id = ?2", params![json, id])?;
+            let n = tx.execute(
+                "UPDATE keys SET record = ?1 WHERE id = ?2",
+                params![json, id],
+            )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("key {id}")));
             }
@@ -254,8 +266,12 @@ impl KeyStore for SqliteKeyStore {
     async fn get_policy(&self, name: &str) -> Result<Option<String>, StoreError> {
         let name = name.to_string();
         self.with(move |c| {
-            Ok(c.query_row("SELECT body FROM policies WHERE name = ?1", [name], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.query_row("SELECT body FROM policies WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
         })
         .await
     }
@@ -292,7 +308,9 @@ impl KeyStore for SqliteKeyStore {
         let hash = hash.to_vec();
         self.with(move |c| {
             let t: Option<String> = c
-                .query_row("SELECT record FROM tokens WHERE hash = ?1", [hash], |r| r.get(0))
+                .query_row("SELECT record FROM tokens WHERE hash = ?1", [hash], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             Ok(t.map(|t| serde_json::from_str(&t)).transpose()?)
         })
@@ -338,7 +356,10 @@ impl SqliteAuditStore {
     }
 }
 
-fn rows(st: &mut rusqlite::Statement<'_>, p: impl rusqlite::Params) -> Result<Vec<(u64, String)>, StoreError> {
+fn rows(
+    st: &mut rusqlite::Statement<'_>,
+    p: impl rusqlite::Params,
+) -> Result<Vec<(u64, String)>, StoreError> {
     let it = st.query_map(p, |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
     Ok(it.collect::<Result<Vec<_>, _>>()?)
 }
@@ -356,7 +377,8 @@ impl AuditStore for SqliteAuditStore {
         // Dropping an uncommitted transaction rolls it back: a failed batch leaves nothing.
         let tx = c.transaction()?;
         {
-            let mut st = tx.prepare_cached("INSERT INTO audit_records (seq, record) VALUES (?1, ?2)")?;
+            let mut st =
+                tx.prepare_cached("INSERT INTO audit_records (seq, record) VALUES (?1, ?2)")?;
             for (seq, rec) in records {
                 st.execute(params![*seq as i64, rec])?;
             }
@@ -373,7 +395,8 @@ impl AuditStore for SqliteAuditStore {
 
     fn last(&self) -> Result<Option<(u64, String)>, StoreError> {
         let c = self.reader()?;
-        let mut st = c.prepare("SELECT seq, record FROM audit_records ORDER BY seq DESC LIMIT 1")?;
+        let mut st =
+            c.prepare("SELECT seq, record FROM audit_records ORDER BY seq DESC LIMIT 1")?;
         Ok(rows(&mut st, [])?.pop())
     }
 
@@ -415,9 +438,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let s = SqliteKeyStore::open(&path).unwrap();
-        let mut rec = KeyRecord::new(KeyId([3; 16]), "k1", "d", KeyType::Aes256Gcm, None, 1).unwrap();
+        let mut rec =
+            KeyRecord::new(KeyId([3; 16]), "k1", "d", KeyType::Aes256Gcm, None, 1).unwrap();
         s.create_key(&rec, b"w1").await.unwrap();
-        assert!(matches!(s.create_key(&rec, b"w1").await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.create_key(&rec, b"w1").await,
+            Err(StoreError::Conflict(_))
+        ));
         let v = rec.rotate(2).unwrap();
         s.update_key(&rec, Some((v, b"w2"))).await.unwrap();
         drop(s);
@@ -429,7 +456,10 @@ mod tests {
         rec.destroy(5).unwrap();
         s.destroy_key(&rec).await.unwrap();
         assert!(s.key_versions(&rec.id).await.unwrap().is_empty());
-        assert_eq!(s.key_by_id(&rec.id).await.unwrap().unwrap().state, kagi_keys::KeyState::Destroyed);
+        assert_eq!(
+            s.key_by_id(&rec.id).await.unwrap().unwrap().state,
+            kagi_keys::KeyState::Destroyed
+        );
         // The erased material is not left in the file.
         let bytes = std::fs::read(&path).unwrap();
         assert!(!bytes.windows(2).any(|w| w == b"w2"));
@@ -439,9 +469,12 @@ mod tests {
     fn audit_append_is_all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let a = SqliteAuditStore::open(&dir.path().join("a.db")).unwrap();
-        a.append(&[(1, "{}".into()), (2, "{}".into())], None).unwrap();
+        a.append(&[(1, "{}".into()), (2, "{}".into())], None)
+            .unwrap();
         // Seq 2 again: the whole batch fails, seq 3 is not written either.
-        assert!(a.append(&[(3, "{}".into()), (2, "{}".into())], None).is_err());
+        assert!(a
+            .append(&[(3, "{}".into()), (2, "{}".into())], None)
+            .is_err());
         assert_eq!(a.last().unwrap().unwrap().0, 2);
         assert_eq!(a.read(1, 10).unwrap().len(), 2);
         assert_eq!(a.tail(1).unwrap()[0].0, 2);

@@ -86,8 +86,11 @@ pub trait KeyStore: Send + Sync + 'static {
 /// meaning. Appends are durable (fsync) when the call returns Ok, and all-or-nothing.
 pub trait AuditStore: Send + Sync + 'static {
     /// Appends records `(seq, json)` and, optionally, a checkpoint, in one transaction.
-    fn append(&self, records: &[(u64, String)], checkpoint: Option<&Checkpoint>)
-        -> Result<(), StoreError>;
+    fn append(
+        &self,
+        records: &[(u64, String)],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError>;
     /// The newest record.
     fn last(&self) -> Result<Option<(u64, String)>, StoreError>;
     /// Up to `limit` records with `seq >= from`, in ascending order.

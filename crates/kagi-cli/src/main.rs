@@ -1,0 +1,108 @@
+//! `kagi`: one binary for the key service, its operators and its clients.
+//! Argument parsing and output only; everything else lives in the library crates.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod audit_cmd;
+mod datakey;
+mod keys;
+mod output;
+mod server_cmd;
+
+use clap::{Parser, Subcommand};
+
+use output::Fail;
+
+/// Where the client connects: flags override `KAGI_ADDR`, `KAGI_TOKEN`, `KAGI_CACERT`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// Key service address (env KAGI_ADDR).
+    #[arg(long, global = true, env = "KAGI_ADDR", default_value = kagi_client::DEFAULT_ADDR, hide_env_values = true)]
+    addr: String,
+    /// Token (env KAGI_TOKEN).
+    #[arg(long, global = true, env = "KAGI_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate for https:// addresses (env KAGI_CACERT).
+    #[arg(
+        long = "ca-cert",
+        global = true,
+        env = "KAGI_CACERT",
+        hide_env_values = true
+    )]
+    ca_cert: Option<std::path::PathBuf>,
+}
+
+impl Conn {
+    fn client(&self) -> Result<kagi_client::Client, Fail> {
+        let mut cfg = kagi_client::ClientConfig::from_env();
+        cfg.addr = self.addr.clone();
+        cfg.token = self.token.clone();
+        cfg.ca_cert = self.ca_cert.clone();
+        Ok(kagi_client::Client::new(cfg)?)
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kagi",
+    version,
+    about = "Customer-held keys behind a zero-trust door"
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the key service.
+    Server(server_cmd::ServerArgs),
+    /// Show whether the key service is initialized and sealed.
+    Status(output::Out),
+    /// Initialize, unseal and seal the key service.
+    #[command(subcommand)]
+    Operator(admin::OperatorCmd),
+    /// Manage keys (KEKs).
+    #[command(subcommand)]
+    Key(keys::KeyCmd),
+    /// Generate, decrypt and re-encrypt data keys.
+    #[command(subcommand)]
+    Datakey(datakey::DatakeyCmd),
+    /// Manage policies.
+    #[command(subcommand)]
+    Policy(admin::PolicyCmd),
+    /// Create and revoke tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCmd),
+    /// Read, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => output::die(&format!("cannot start the async runtime: {e}")),
+    };
+    let r = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Server(a) => server_cmd::run(a).await,
+            Cmd::Status(o) => admin::status(&cli.conn, &o).await,
+            Cmd::Operator(c) => admin::operator(&cli.conn, c).await,
+            Cmd::Key(c) => keys::run(&cli.conn, c).await,
+            Cmd::Datakey(c) => datakey::run(&cli.conn, c).await,
+            Cmd::Policy(c) => admin::policy(&cli.conn, c).await,
+            Cmd::Token(c) => admin::token(&cli.conn, c).await,
+            Cmd::Audit(c) => audit_cmd::run(&cli.conn, c).await,
+        }
+    });
+    if let Err(f) = r {
+        output::die(&f.0);
+    }
+}

@@ -1,0 +1,76 @@
+//! Output: human text by default, JSON with `-o json`; errors as one line on stderr.
+
+use serde_json::Value;
+
+/// A failure to report: one sentence.
+#[derive(Debug)]
+pub struct Fail(pub String);
+
+impl From<kagi_client::ClientError> for Fail {
+    fn from(e: kagi_client::ClientError) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+/// Prints `error: msg` and exits 1.
+pub fn die(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(1)
+}
+
+/// `-o human|json`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Out {
+    /// Output format: human or json.
+    #[arg(short = 'o', long = "output", default_value = "human", value_parser = ["human", "json"])]
+    pub format: String,
+}
+
+impl Out {
+    /// True for `-o json`.
+    pub fn json(&self) -> bool {
+        self.format == "json"
+    }
+
+    /// Prints `v` as JSON, or via `human` as text.
+    pub fn print(&self, v: &Value, human: impl FnOnce(&Value) -> String) {
+        if self.json() {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            let s = human(v);
+            if !s.is_empty() {
+                println!("{}", s.trim_end());
+            }
+        }
+    }
+}
+
+/// A JSON scalar as text (`-` for null).
+pub fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Aligned `key: value` lines.
+pub fn fields(v: &Value, names: &[&str]) -> String {
+    let w = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    names
+        .iter()
+        .map(|n| format!("{n:<w$}  {}\n", s(&v[*n])))
+        .collect()
+}
+
+/// Parses repeated `K=V` arguments into a JSON object.
+pub fn context(args: &[String]) -> Result<Value, Fail> {
+    let ctx = kagi_keys::EncryptionContext::from_kv_args(args).map_err(|e| Fail(e.to_string()))?;
+    Ok(serde_json::to_value(ctx.pairs()).unwrap_or_default())
+}

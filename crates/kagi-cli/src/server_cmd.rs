@@ -1,0 +1,180 @@
+//! `kagi server`: wires storage, audit, seal and the HTTP front-end together.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kagi_server::service::{KeyService, ServiceOptions};
+use kagi_server::ServerConfig;
+use kagi_store::sqlite::{SqliteAuditStore, SqliteKeyStore};
+use kagi_store::{AuditStore, KeyStore};
+
+use crate::output::Fail;
+
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Development mode: embedded storage, auto-unsealed, plain HTTP on loopback. Never for real keys.
+    #[arg(long, conflicts_with = "config")]
+    dev: bool,
+    /// Production configuration file (TOML).
+    #[arg(long, required_unless_present = "dev")]
+    config: Option<PathBuf>,
+    /// Listen address (dev; default 127.0.0.1:7300).
+    #[arg(long, requires = "dev")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory (dev; default a fresh temporary directory).
+    #[arg(long = "data-dir", requires = "dev")]
+    data_dir: Option<PathBuf>,
+    /// Directory for the audit database (dev; default the data directory).
+    #[arg(long = "audit-dir", requires = "dev")]
+    audit_dir: Option<PathBuf>,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "kagi".into())
+}
+
+fn fail<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Fail + '_ {
+    move |e| Fail(format!("{what}: {e}"))
+}
+
+pub async fn run(a: ServerArgs) -> Result<(), Fail> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KAGI_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if a.dev {
+        run_dev(a).await
+    } else {
+        let path = a
+            .config
+            .ok_or_else(|| Fail("--config FILE or --dev is required".into()))?;
+        run_config(ServerConfig::load(&path).map_err(Fail)?).await
+    }
+}
+
+async fn open_stores(
+    key_db: &std::path::Path,
+    audit_db: &std::path::Path,
+) -> Result<(Arc<dyn KeyStore>, kagi_audit::AuditLog), Fail> {
+    let store: Arc<dyn KeyStore> =
+        Arc::new(SqliteKeyStore::open(key_db).map_err(fail("cannot open the key store"))?);
+    let astore: Arc<dyn AuditStore> =
+        Arc::new(SqliteAuditStore::open(audit_db).map_err(fail("cannot open the audit store"))?);
+    let audit = kagi_audit::AuditLog::start(astore).map_err(fail("cannot start the audit log"))?;
+    Ok((store, audit))
+}
+
+async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
+    let (dir, _keep) = match a.data_dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("kagi-dev-")
+                .tempdir()
+                .map_err(fail("cannot make a data directory"))?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(fail("cannot create the data directory"))?;
+    let audit_dir = a.audit_dir.unwrap_or_else(|| dir.clone());
+    std::fs::create_dir_all(&audit_dir).map_err(fail("cannot create the audit directory"))?;
+    let (store, audit) = open_stores(&dir.join("kagi.db"), &audit_dir.join("audit.db")).await?;
+    let opts = ServiceOptions {
+        node: host_name(),
+        dev: true,
+        allow_immediate_deletion: true,
+        cert_principals: Default::default(),
+    };
+    let svc = KeyService::open(store, audit, opts)
+        .await
+        .map_err(|e| Fail(e.to_string()))?;
+    let root = svc.start_dev(&dir).await.map_err(|e| Fail(e.to_string()))?;
+    let listen = a.listen.unwrap_or_else(|| ([127, 0, 0, 1], 7300).into());
+    if !listen.ip().is_loopback() {
+        return Err(Fail(format!(
+            "--dev serves plain HTTP and only on loopback; {listen} is not a loopback address"
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(fail(&format!("cannot listen on {listen}")))?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "kagi dev server: NOT FOR REAL KEYS. The master key is stored in clear in {}",
+        dir.display()
+    );
+    println!("export KAGI_ADDR=http://{addr}");
+    println!("export KAGI_TOKEN={root}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    serve(svc, listener, None).await
+}
+
+async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
+    let key_db = cfg
+        .storage
+        .path
+        .clone()
+        .ok_or_else(|| Fail("[storage] path is required".into()))?;
+    if let Some(p) = key_db.parent() {
+        if !p.as_os_str().is_empty() {
+            std::fs::create_dir_all(p).map_err(fail("cannot create the storage directory"))?;
+        }
+    }
+    let audit_db = cfg
+        .audit
+        .path
+        .clone()
+        .unwrap_or_else(|| key_db.with_file_name("audit.db"));
+    let (store, audit) = open_stores(&key_db, &audit_db).await?;
+    let opts = ServiceOptions {
+        node: cfg.node.clone().unwrap_or_else(host_name),
+        dev: false,
+        allow_immediate_deletion: cfg.allow_immediate_deletion,
+        cert_principals: cfg.auth.certificates.clone(),
+    };
+    let svc = KeyService::open(store, audit, opts)
+        .await
+        .map_err(|e| Fail(e.to_string()))?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(kagi_server::tls_acceptor)
+        .transpose()
+        .map_err(Fail)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(fail(&format!("cannot listen on {}", cfg.listen)))?;
+    let st = svc.status().map_err(|e| Fail(e.to_string()))?;
+    tracing::info!(listen = %cfg.listen, tls = tls.is_some(), initialized = st.initialized, sealed = st.sealed, "kagi key service started");
+    serve(svc, listener, tls).await
+}
+
+async fn serve(
+    svc: Arc<KeyService>,
+    listener: tokio::net::TcpListener,
+    tls: Option<kagi_server::TlsAcceptor>,
+) -> Result<(), Fail> {
+    let maint = svc.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            if let Err(e) = maint.maintain().await {
+                tracing::warn!(error = %e, "key maintenance failed");
+            }
+        }
+    });
+    let router = kagi_server::api::router(svc);
+    tokio::select! {
+        r = kagi_server::serve(listener, router, tls) => r.map_err(fail("server stopped")),
+        _ = tokio::signal::ctrl_c() => { tracing::info!("shutting down"); Ok(()) }
+    }
+}

@@ -1,0 +1,144 @@
+//! The server configuration file (`kagi server --config FILE`), TOML.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Where keys and audit records live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite` (embedded) — `postgres` is planned.
+    pub backend: String,
+    /// SQLite file.
+    pub path: Option<PathBuf>,
+    /// PostgreSQL URL.
+    pub url: Option<String>,
+}
+
+/// The audit store.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// SQLite file for the audit chain; default `audit.db` beside the key store.
+    pub path: Option<PathBuf>,
+}
+
+/// How the master key is protected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealConfig {
+    /// `shamir` (operator unseal shares); `pkcs11` is planned.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// PKCS#11 module path.
+    pub library: Option<PathBuf>,
+    /// PKCS#11 token label.
+    pub token_label: Option<String>,
+    /// Environment variable holding the PKCS#11 PIN.
+    pub pin_env: Option<String>,
+    /// Label of the master key object.
+    pub key_label: Option<String>,
+}
+
+/// TLS for the listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates; when set, clients may authenticate with one.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Principals for client certificates, by subject common name.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Subject CN → policies.
+    #[serde(default)]
+    pub certificates: BTreeMap<String, Vec<String>>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `ADDR:PORT` to listen on.
+    pub listen: SocketAddr,
+    /// Node name in audit records; default the host name.
+    pub node: Option<String>,
+    /// Allow `--pending-days 0`.
+    #[serde(default)]
+    pub allow_immediate_deletion: bool,
+    /// Storage.
+    pub storage: StorageConfig,
+    /// Audit store.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Seal.
+    pub seal: SealConfig,
+    /// TLS; without it the server speaks plain HTTP and only on a loopback address.
+    pub tls: Option<TlsConfig>,
+    /// Certificate principals.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+impl ServerConfig {
+    /// Reads and checks a config file; errors name the file and the problem.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c: ServerConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        match c.storage.backend.as_str() {
+            "sqlite" if c.storage.path.is_some() => {}
+            "sqlite" => return Err("[storage] backend = \"sqlite\" needs path".into()),
+            "postgres" => {
+                return Err("[storage] backend = \"postgres\" is not available in this build yet; use \"sqlite\"".into())
+            }
+            other => return Err(format!("[storage] backend {other:?} is unknown: use \"sqlite\"")),
+        }
+        match c.seal.kind.as_str() {
+            "shamir" => {}
+            "pkcs11" => {
+                return Err(
+                    "[seal] type = \"pkcs11\" is not available in this build yet; use \"shamir\""
+                        .into(),
+                )
+            }
+            other => return Err(format!("[seal] type {other:?} is unknown: use \"shamir\"")),
+        }
+        if c.tls.is_none() && !c.listen.ip().is_loopback() {
+            return Err(format!(
+                "listen = \"{}\" is not a loopback address: plain HTTP is only allowed on loopback; add a [tls] section",
+                c.listen
+            ));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_minimal_and_refuses_plain_http_off_loopback() {
+        let ok = "listen = \"127.0.0.1:7300\"\n[storage]\nbackend = \"sqlite\"\npath = \"/tmp/k.db\"\n[seal]\ntype = \"shamir\"\n";
+        ServerConfig::parse(ok).unwrap();
+        let open = ok.replace("127.0.0.1", "0.0.0.0");
+        assert!(ServerConfig::parse(&open).unwrap_err().contains("loopback"));
+        let typo = ok.replace("[seal]", "lisen = 1\n[seal]");
+        assert!(ServerConfig::parse(&typo).unwrap_err().contains("lisen"));
+    }
+}

@@ -1,0 +1,92 @@
+use kagi_audit::AuditError;
+use kagi_keys::KeyModelError;
+use kagi_store::StoreError;
+
+/// Everything the key service can refuse, each with the HTTP status it maps to.
+/// The message is the one sentence the user sees.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The request itself is wrong (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No or unknown credentials (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Policy refused (403).
+    #[error("{0}")]
+    Denied(String),
+    /// The thing named does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The key's state or an existing record forbids it (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The service is sealed (503).
+    #[error("the key service is sealed: unseal it with `kagi operator unseal`")]
+    Sealed,
+    /// The audit log cannot record; fail closed (503).
+    #[error("{0}")]
+    AuditUnavailable(String),
+    /// Storage failed (503).
+    #[error("{0}")]
+    Storage(String),
+    /// A bug (500). Never expected.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// Machine-readable code, also in the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Denied(_) => "denied",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::Sealed => "sealed",
+            Self::AuditUnavailable(_) => "audit_unavailable",
+            Self::Storage(_) => "storage_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthenticated(_) => 401,
+            Self::Denied(_) => 403,
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::Sealed | Self::AuditUnavailable(_) | Self::Storage(_) => 503,
+            Self::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<AuditError> for ServiceError {
+    fn from(e: AuditError) -> Self {
+        Self::AuditUnavailable(e.to_string())
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::NotFound(what) => Self::NotFound(format!("{what} does not exist")),
+            other => Self::Storage(other.to_string()),
+        }
+    }
+}
+
+impl From<KeyModelError> for ServiceError {
+    fn from(e: KeyModelError) -> Self {
+        match e {
+            KeyModelError::BadTransition { .. } => Self::Conflict(e.to_string()),
+            other => Self::BadRequest(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! kagi's key service. [`service::KeyService`] is the one core every protocol front-end
+//! calls (today the native `/v1` HTTP API in [`api`]); it enforces sealing, authentication,
+//! policy and the audit rule "no record, no operation".
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+mod error;
+mod listener;
+mod metrics;
+mod openapi;
+pub mod seal;
+pub mod service;
+mod tokens;
+
+pub use config::ServerConfig;
+pub use error::ServiceError;
+pub use listener::{serve, tls_acceptor};
+pub use tokio_rustls::TlsAcceptor;

@@ -1,0 +1,48 @@
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`, generated from the handlers'
+//! annotations so it cannot drift from the code.
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api::*;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let comps = doc.components.get_or_insert_with(Default::default);
+        comps.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kagi key service", description = "Customer-held keys: master key, KEKs, data keys, policies, tokens and a tamper-evident audit log."),
+    modifiers(&BearerAuth),
+    paths(
+        health, sys_status, sys_init, sys_unseal, sys_seal,
+        list_keys, create_key, show_key, rotate_key, disable_key, enable_key, schedule_deletion, cancel_deletion,
+        generate, generate_batch, decrypt, decrypt_payload, decrypt_batch, reencrypt, encrypt,
+        list_policies, show_policy, write_policy, delete_policy,
+        create_token, revoke_token, token_self,
+        audit_records, audit_tail, audit_verify,
+    ),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// The document as JSON text (built once).
+pub fn document() -> String {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|_| "{}".into())
+    })
+    .clone()
+}
