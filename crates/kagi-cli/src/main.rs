@@ -36,7 +36,7 @@ impl Conn {
     fn client(&self) -> Result<kagi_client::Client, Fail> {
         let mut cfg = kagi_client::ClientConfig::from_env();
         cfg.addr = self.addr.clone();
-        cfg.token = self.token.clone();
+        cfg.token = self.token.clone().filter(|t| !t.is_empty());
         cfg.ca_cert = self.ca_cert.clone();
         Ok(kagi_client::Client::new(cfg)?)
     }
