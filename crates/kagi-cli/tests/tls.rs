@@ -1,0 +1,171 @@
+//! TLS and client-certificate authentication from the config file.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+
+use support::{assert_one_line_error, Server};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn tls_with_client_certificates_mapped_to_policies() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kagi test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let srv_key = KeyPair::generate().unwrap();
+    let srv = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&srv_key, &issuer)
+        .unwrap();
+    let cli_key = KeyPair::generate().unwrap();
+    let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name.push(DnType::CommonName, "app1");
+    let cli = cp.signed_by(&cli_key, &issuer).unwrap();
+    for (n, t) in [
+        ("ca.pem", ca.pem()),
+        ("srv.pem", srv.pem()),
+        ("srv.key", srv_key.serialize_pem()),
+        ("cli.pem", cli.pem()),
+        ("cli.key", cli_key.serialize_pem()),
+    ] {
+        std::fs::write(d.join(n), t).unwrap();
+    }
+    let port = free_port();
+    let cfg = d.join("kagi.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{p}/kagi.db\"\n[seal]\ntype = \"shamir\"\n[tls]\ncert = \"{p}/srv.pem\"\nkey = \"{p}/srv.key\"\nclient_ca = \"{p}/ca.pem\"\n[auth.certificates]\napp1 = [\"gen\"]\n",
+            p = d.display()
+        ),
+    )
+    .unwrap();
+    let addr = format!("https://127.0.0.1:{port}");
+    let child = Command::new(support::kagi_bin())
+        .args(["server", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = |envs: &[(&str, String)], args: &[&str]| {
+        let mut c = Command::new(support::kagi_bin());
+        c.args(args)
+            .env("KAGI_ADDR", &addr)
+            .env_remove("KAGI_TOKEN")
+            .env_remove("KAGI_CACERT");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let ca = ("KAGI_CACERT", d.join("ca.pem").display().to_string());
+    let mut up = false;
+    for _ in 0..100 {
+        if run(&[ca.clone()], &["status"]).status.success() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _guard = Server {
+        child,
+        addr: addr.clone(),
+        token: String::new(),
+        data_dir: d.to_path_buf(),
+    };
+    assert!(up, "TLS server did not come up");
+
+    // Without the CA the client refuses to talk, with one clear line.
+    assert_one_line_error(&run(&[], &["status"]), "KAGI_CACERT");
+    let init: serde_json::Value = serde_json::from_slice(
+        &run(
+            &[ca.clone()],
+            &[
+                "operator",
+                "init",
+                "--shares",
+                "1",
+                "--threshold",
+                "1",
+                "-o",
+                "json",
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let root = (
+        "KAGI_TOKEN",
+        init["root_token"].as_str().unwrap().to_string(),
+    );
+    assert!(run(
+        &[ca.clone()],
+        &["operator", "unseal", init["shares"][0].as_str().unwrap()]
+    )
+    .status
+    .success());
+    assert!(run(&[ca.clone(), root.clone()], &["key", "create", "k1"])
+        .status
+        .success());
+    let pol = d.join("gen.toml");
+    std::fs::write(
+        &pol,
+        "[[rule]]\neffect = \"allow\"\nkeys = [\"k1\"]\noperations = [\"generate\"]\n",
+    )
+    .unwrap();
+    assert!(run(
+        &[ca.clone(), root.clone()],
+        &["policy", "write", "gen", pol.to_str().unwrap()]
+    )
+    .status
+    .success());
+
+    // The client certificate alone authenticates as cert:app1 with policy gen.
+    let cert = [
+        ca.clone(),
+        ("KAGI_CLIENT_CERT", d.join("cli.pem").display().to_string()),
+        ("KAGI_CLIENT_KEY", d.join("cli.key").display().to_string()),
+    ];
+    let g = run(&cert, &["datakey", "generate", "k1", "-o", "json"]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let ct = serde_json::from_slice::<serde_json::Value>(&g.stdout).unwrap()["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_one_line_error(&run(&cert, &["datakey", "decrypt", &ct]), "denied");
+    // Without certificate or token: refused.
+    assert_one_line_error(
+        &run(&[ca.clone()], &["datakey", "generate", "k1"]),
+        "no credentials",
+    );
+    let tail: serde_json::Value = serde_json::from_slice(
+        &run(
+            &[ca.clone(), root],
+            &["audit", "tail", "-n", "30", "-o", "json"],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(tail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["principal"] == "cert:app1" && r["outcome"] == "denied"));
+}
