@@ -78,7 +78,7 @@ fn tls_with_client_certificates_mapped_to_policies() {
     let ca = ("KAGI_CACERT", d.join("ca.pem").display().to_string());
     let mut up = false;
     for _ in 0..100 {
-        if run(&[ca.clone()], &["status"]).status.success() {
+        if run(std::slice::from_ref(&ca), &["status"]).status.success() {
             up = true;
             break;
         }
@@ -96,7 +96,7 @@ fn tls_with_client_certificates_mapped_to_policies() {
     assert_one_line_error(&run(&[], &["status"]), "KAGI_CACERT");
     let init: serde_json::Value = serde_json::from_slice(
         &run(
-            &[ca.clone()],
+            std::slice::from_ref(&ca),
             &[
                 "operator",
                 "init",
@@ -116,7 +116,7 @@ fn tls_with_client_certificates_mapped_to_policies() {
         init["root_token"].as_str().unwrap().to_string(),
     );
     assert!(run(
-        &[ca.clone()],
+        std::slice::from_ref(&ca),
         &["operator", "unseal", init["shares"][0].as_str().unwrap()]
     )
     .status
@@ -152,7 +152,7 @@ fn tls_with_client_certificates_mapped_to_policies() {
     assert_one_line_error(&run(&cert, &["datakey", "decrypt", &ct]), "denied");
     // Without certificate or token: refused.
     assert_one_line_error(
-        &run(&[ca.clone()], &["datakey", "generate", "k1"]),
+        &run(std::slice::from_ref(&ca), &["datakey", "generate", "k1"]),
         "no credentials",
     );
     let tail: serde_json::Value = serde_json::from_slice(

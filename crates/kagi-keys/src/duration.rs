@@ -27,7 +27,7 @@ pub fn parse_seconds(s: &str) -> Result<u64, KeyModelError> {
 /// Formats seconds the way [`parse_seconds`] reads them, in the largest exact unit.
 pub fn format_seconds(secs: u64) -> String {
     for (unit, m) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs >= m && secs % m == 0 {
+        if secs >= m && secs.is_multiple_of(m) {
             return format!("{}{unit}", secs / m);
         }
     }

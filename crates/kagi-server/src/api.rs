@@ -18,7 +18,7 @@ use kagi_keys::{EncryptionContext, Justification, KeyRecord, KeyType};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::service::{Caller, KeyService, SealStatus};
+use crate::service::{Caller, DataKeySpec, KeyService, SealStatus};
 use crate::ServiceError;
 
 /// Largest request body accepted (a batch of 1000 blobs fits easily).
@@ -878,6 +878,14 @@ fn dek_len(bytes: Option<u32>) -> Result<usize, ApiError> {
     }
 }
 
+fn spec(plaintext: Option<bool>, bytes: usize, count: usize) -> DataKeySpec {
+    DataKeySpec {
+        with_plaintext: plaintext.unwrap_or(true),
+        bytes,
+        count,
+    }
+}
+
 fn data_key_view(d: crate::service::DataKey) -> GenerateResponse {
     GenerateResponse {
         key: d.key,
@@ -898,7 +906,7 @@ async fn generate(
     let just = parse_justification(r.justification)?;
     let n = dek_len(r.bytes)?;
     let mut v = svc
-        .generate(&c, &r.key, &ctx, just, r.plaintext.unwrap_or(true), n, 1)
+        .generate(&c, &r.key, &ctx, just, spec(r.plaintext, n, 1))
         .await?;
     let d = v
         .pop()
@@ -928,9 +936,7 @@ async fn generate_batch(
             &r.key,
             &ctx,
             just,
-            r.plaintext.unwrap_or(true),
-            n,
-            r.count as usize,
+            spec(r.plaintext, n, r.count as usize),
         )
         .await?;
     Ok(Json(GenerateBatchResponse {
@@ -1153,7 +1159,11 @@ async fn token_self(Authed(c): Authed) -> ApiResult<TokenSelf> {
 
 fn parse_lines(rows: Vec<(u64, String)>) -> Vec<serde_json::Value> {
     rows.into_iter()
-        .map(|(_, l)| serde_json::from_str(&l).unwrap_or_else(|_| serde_json::Value::String(l)))
+        .map(|(_, l)| match serde_json::from_str(&l) {
+            Ok(v) => v,
+            // A damaged record is still shown, as text: `audit verify` names it.
+            Err(_) => serde_json::Value::String(l),
+        })
         .collect()
 }
 

@@ -121,6 +121,17 @@ pub struct DataKey {
     pub ciphertext: Vec<u8>,
 }
 
+/// What data keys to make.
+#[derive(Debug, Clone, Copy)]
+pub struct DataKeySpec {
+    /// Return the plaintext DEKs (false: wrapped only).
+    pub with_plaintext: bool,
+    /// DEK length in bytes.
+    pub bytes: usize,
+    /// How many.
+    pub count: usize,
+}
+
 /// The result of unwrapping a blob.
 #[derive(Debug)]
 pub struct Unwrapped {
@@ -799,10 +810,13 @@ impl KeyService {
         key: &str,
         ctx: &EncryptionContext,
         just: Option<Justification>,
-        with_plaintext: bool,
-        bytes: usize,
-        count: usize,
+        spec: DataKeySpec,
     ) -> Result<Vec<DataKey>, ServiceError> {
+        let DataKeySpec {
+            with_plaintext,
+            bytes,
+            count,
+        } = spec;
         let mut t = Trail::new("generate", Some(key), ctx, just);
         if count > 1 {
             t.note = Some(format!("batch of {count} data keys"));
