@@ -27,6 +27,9 @@ pub struct ServerArgs {
     /// Directory for the audit database (dev; default the data directory).
     #[arg(long = "audit-dir", requires = "dev")]
     audit_dir: Option<PathBuf>,
+    /// Benchmarking only: do not fsync audit commits (records are still written and chained).
+    #[arg(long = "bench-audit-no-fsync", requires = "dev", hide = true)]
+    audit_no_fsync: bool,
 }
 
 fn host_name() -> String {
@@ -62,11 +65,14 @@ pub async fn run(a: ServerArgs) -> Result<(), Fail> {
 async fn open_stores(
     key_db: &std::path::Path,
     audit_db: &std::path::Path,
+    durable_audit: bool,
 ) -> Result<(Arc<dyn KeyStore>, kagi_audit::AuditLog), Fail> {
     let store: Arc<dyn KeyStore> =
         Arc::new(SqliteKeyStore::open(key_db).map_err(fail("cannot open the key store"))?);
-    let astore: Arc<dyn AuditStore> =
-        Arc::new(SqliteAuditStore::open(audit_db).map_err(fail("cannot open the audit store"))?);
+    let astore: Arc<dyn AuditStore> = Arc::new(
+        SqliteAuditStore::open_with_durability(audit_db, durable_audit)
+            .map_err(fail("cannot open the audit store"))?,
+    );
     let audit = kagi_audit::AuditLog::start(astore).map_err(fail("cannot start the audit log"))?;
     Ok((store, audit))
 }
@@ -85,7 +91,12 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
     std::fs::create_dir_all(&dir).map_err(fail("cannot create the data directory"))?;
     let audit_dir = a.audit_dir.unwrap_or_else(|| dir.clone());
     std::fs::create_dir_all(&audit_dir).map_err(fail("cannot create the audit directory"))?;
-    let (store, audit) = open_stores(&dir.join("kagi.db"), &audit_dir.join("audit.db")).await?;
+    let (store, audit) = open_stores(
+        &dir.join("kagi.db"),
+        &audit_dir.join("audit.db"),
+        !a.audit_no_fsync,
+    )
+    .await?;
     let opts = ServiceOptions {
         node: host_name(),
         dev: true,
@@ -114,7 +125,7 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
     println!("export KAGI_TOKEN={root}");
     use std::io::Write;
     std::io::stdout().flush()?;
-    serve(svc, listener, None).await
+    serve(svc, listener, None, std::time::Duration::from_secs(1)).await
 }
 
 async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
@@ -133,7 +144,7 @@ async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
         .path
         .clone()
         .unwrap_or_else(|| key_db.with_file_name("audit.db"));
-    let (store, audit) = open_stores(&key_db, &audit_db).await?;
+    let (store, audit) = open_stores(&key_db, &audit_db, true).await?;
     let opts = ServiceOptions {
         node: cfg.node.clone().unwrap_or_else(host_name),
         dev: false,
@@ -154,17 +165,19 @@ async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
         .map_err(fail(&format!("cannot listen on {}", cfg.listen)))?;
     let st = svc.status().map_err(|e| Fail(e.to_string()))?;
     tracing::info!(listen = %cfg.listen, tls = tls.is_some(), initialized = st.initialized, sealed = st.sealed, "kagi key service started");
-    serve(svc, listener, tls).await
+    serve(svc, listener, tls, std::time::Duration::from_secs(5)).await
 }
 
 async fn serve(
     svc: Arc<KeyService>,
     listener: tokio::net::TcpListener,
     tls: Option<kagi_server::TlsAcceptor>,
+    maintenance_every: std::time::Duration,
 ) -> Result<(), Fail> {
+    // Automatic rotation and the end of deletion windows.
     let maint = svc.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        let mut tick = tokio::time::interval(maintenance_every);
         loop {
             tick.tick().await;
             if let Err(e) = maint.maintain().await {
@@ -175,6 +188,22 @@ async fn serve(
     let router = kagi_server::api::router(svc);
     tokio::select! {
         r = kagi_server::serve(listener, router, tls) => r.map_err(fail("server stopped")),
-        _ = tokio::signal::ctrl_c() => { tracing::info!("shutting down"); Ok(()) }
+        _ = shutdown_signal() => { tracing::info!("shutting down"); Ok(()) }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }

@@ -472,3 +472,39 @@ fn small_payloads_and_batches() {
     }
     assert!(res[3]["error"].as_str().unwrap().contains("truncated"));
 }
+
+#[test]
+fn automatic_rotation_follows_the_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::dev(dir.path(), &[]);
+    let k = s.json(&["key", "create", "auto", "--rotation-period", "2s"]);
+    assert_eq!(k["rotation_period"], "2s");
+    assert!(k["next_rotation"].is_string());
+    let ct = s.json(&["datakey", "generate", "auto"])["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Bounded wait for the maintenance task (every second on a dev server).
+    let mut version = 1;
+    for _ in 0..100 {
+        version = s.json(&["key", "show", "auto"])["current_version"]
+            .as_u64()
+            .unwrap();
+        if version >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(version >= 2, "the key was not rotated automatically");
+    assert_eq!(s.json(&["datakey", "decrypt", &ct])["key_version"], 1);
+    let rotated = s.json(&["audit", "tail", "-n", "50"]);
+    assert!(rotated["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["operation"] == "key.rotate" && r["principal"] == "system"));
+    assert_one_line_error(
+        &s.kagi(&["key", "create", "bad", "--rotation-period", "soon"]),
+        "invalid duration",
+    );
+}

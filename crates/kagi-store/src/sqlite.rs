@@ -32,11 +32,11 @@ const AUDIT_MIGRATIONS: &[&str] = &[
      CREATE TABLE audit_checkpoints (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);",
 ];
 
-fn open(path: &Path, migrations: &[&str]) -> Result<Connection, StoreError> {
+fn open(path: &Path, migrations: &[&str], durable: bool) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "OFF" })?;
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -72,7 +72,7 @@ impl SqliteKeyStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: Arc::new(Mutex::new(open(path, KEY_MIGRATIONS)?)),
+            conn: Arc::new(Mutex::new(open(path, KEY_MIGRATIONS, true)?)),
         })
     }
 
@@ -338,9 +338,15 @@ impl std::fmt::Debug for SqliteAuditStore {
 }
 
 impl SqliteAuditStore {
-    /// Opens (creating and migrating) the audit database at `path`.
+    /// Opens (creating and migrating) the audit database at `path`; every commit is fsynced.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let writer = open(path, AUDIT_MIGRATIONS)?;
+        Self::open_with_durability(path, true)
+    }
+
+    /// As [`open`](Self::open); `durable = false` skips the fsync per commit. Only for
+    /// measuring what durability costs (`scripts/bench`); never in production.
+    pub fn open_with_durability(path: &Path, durable: bool) -> Result<Self, StoreError> {
+        let writer = open(path, AUDIT_MIGRATIONS, durable)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
