@@ -198,7 +198,7 @@ impl Writer {
         let mut lines = Vec::with_capacity(batch.len());
         for p in batch.iter() {
             seq += 1;
-            let (h, line) = seal(seq, &hash, p.event.clone());
+            let (h, line) = seal(seq, &hash, &p.event);
             hash = h;
             lines.push((seq, line));
         }
