@@ -145,6 +145,7 @@ pub struct Unwrapped {
 
 /// What to audit about one request; filled in as the request learns (e.g. the key name
 /// from a blob's key id).
+#[derive(Clone)]
 struct Trail<'a> {
     op: &'static str,
     key: Option<String>,
@@ -311,18 +312,25 @@ impl KeyService {
         t: Trail<'_>,
         apply: impl std::future::Future<Output = Result<T, ServiceError>>,
     ) -> Result<T, ServiceError> {
-        let retry = Trail {
-            op: t.op,
-            key: t.key.clone(),
-            version: t.version,
-            ctx: t.ctx,
-            just: t.just,
-            note: None,
-        };
+        let mut retry = t.clone();
+        retry.note = None;
         self.finish(c, t, Ok(())).await?;
         match apply.await {
             Ok(v) => Ok(v),
             Err(e) => self.finish(c, retry, Err(e)).await,
+        }
+    }
+
+    /// Passes `r` through; an error is recorded first (a refused change is audited too).
+    async fn checked<T>(
+        &self,
+        c: &Caller,
+        t: &Trail<'_>,
+        r: Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => self.finish(c, t.clone(), Err(e)).await,
         }
     }
 
@@ -999,10 +1007,7 @@ impl KeyService {
             Ok((rec, wrapped))
         }
         .await;
-        let (rec, wrapped) = match pre {
-            Ok(v) => v,
-            Err(e) => return self.finish(c, t, Err(e)).await,
-        };
+        let (rec, wrapped) = self.checked(c, &t, pre).await?;
         t.version = Some(1);
         t.note = Some(format!("created {} key id {}", key_type.as_str(), rec.id));
         self.record_then(c, t, async {
@@ -1068,10 +1073,7 @@ impl KeyService {
             Ok((rec, note))
         }
         .await;
-        let (rec, note) = match pre {
-            Ok(v) => v,
-            Err(e) => return self.finish(c, t, Err(e)).await,
-        };
+        let (rec, note) = self.checked(c, &t, pre).await?;
         t.version = Some(rec.current_version());
         t.note = Some(note);
         self.record_then(c, t, async {
@@ -1105,10 +1107,7 @@ impl KeyService {
             Ok((rec, v, wrapped))
         }
         .await;
-        let (rec, v, wrapped) = match pre {
-            Ok(x) => x,
-            Err(e) => return self.finish(c, t, Err(e)).await,
-        };
+        let (rec, v, wrapped) = self.checked(c, &t, pre).await?;
         t.version = Some(v);
         t.note = Some(format!("new version {v}"));
         self.record_then(c, t, async {
@@ -1251,10 +1250,7 @@ impl KeyService {
             })?;
             Ok(Arc::new(Policy::parse(text)?))
         })();
-        let p = match pre {
-            Ok(p) => p,
-            Err(e) => return self.finish(c, t, Err(e)).await,
-        };
+        let p = self.checked(c, &t, pre).await?;
         self.record_then(c, t, async {
             self.store.put_policy(name, text).await?;
             self.policies
@@ -1306,9 +1302,7 @@ impl KeyService {
             Ok(())
         }
         .await;
-        if let Err(e) = r {
-            return self.finish(c, t, Err(e)).await;
-        }
+        self.checked(c, &t, r).await?;
         self.record_then(c, t, async {
             self.store.delete_policy(name).await?;
             self.policies.write().map_err(lock_err)?.remove(name);
@@ -1344,9 +1338,7 @@ impl KeyService {
             Ok(())
         }
         .await;
-        if let Err(e) = pre {
-            return self.finish(c, t, Err(e)).await;
-        }
+        self.checked(c, &t, pre).await?;
         let token = new_token();
         let hash = token_hash(&token);
         let now = now_secs();
@@ -1388,9 +1380,7 @@ impl KeyService {
             Ok(())
         }
         .await;
-        if let Err(e) = r {
-            return self.finish(c, t, Err(e)).await;
-        }
+        self.checked(c, &t, r).await?;
         self.record_then(c, t, async {
             self.store.delete_token(&hash).await?;
             self.tokens.write().map_err(lock_err)?.remove(&hash);

@@ -93,6 +93,18 @@ impl SqliteKeyStore {
     }
 }
 
+impl SqliteKeyStore {
+    /// The single column of the row `sql` selects with one parameter, if there is one.
+    async fn one<T, P>(&self, sql: &'static str, param: P) -> Result<Option<T>, StoreError>
+    where
+        T: rusqlite::types::FromSql + Send + 'static,
+        P: rusqlite::ToSql + Send + 'static,
+    {
+        self.with(move |c| Ok(c.query_row(sql, [param], |r| r.get(0)).optional()?))
+            .await
+    }
+}
+
 fn decode_key(text: String) -> Result<KeyRecord, StoreError> {
     Ok(serde_json::from_str(&text)?)
 }
@@ -100,15 +112,10 @@ fn decode_key(text: String) -> Result<KeyRecord, StoreError> {
 #[async_trait]
 impl KeyStore for SqliteKeyStore {
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let name = name.to_string();
-        self.with(move |c| {
-            Ok(
-                c.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })
+        self.one(
+            "SELECT value FROM settings WHERE name = ?1",
+            name.to_string(),
+        )
         .await
     }
 
@@ -152,27 +159,17 @@ impl KeyStore for SqliteKeyStore {
     }
 
     async fn key_by_name(&self, name: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let name = name.to_string();
-        self.with(move |c| {
-            c.query_row("SELECT record FROM keys WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?
+        self.one("SELECT record FROM keys WHERE name = ?1", name.to_string())
+            .await?
             .map(decode_key)
             .transpose()
-        })
-        .await
     }
 
     async fn key_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let id = id.to_hex();
-        self.with(move |c| {
-            c.query_row("SELECT record FROM keys WHERE id = ?1", [id], |r| r.get(0))
-                .optional()?
-                .map(decode_key)
-                .transpose()
-        })
-        .await
+        self.one("SELECT record FROM keys WHERE id = ?1", id.to_hex())
+            .await?
+            .map(decode_key)
+            .transpose()
     }
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -264,15 +261,10 @@ impl KeyStore for SqliteKeyStore {
     }
 
     async fn get_policy(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let name = name.to_string();
-        self.with(move |c| {
-            Ok(
-                c.query_row("SELECT body FROM policies WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })
+        self.one(
+            "SELECT body FROM policies WHERE name = ?1",
+            name.to_string(),
+        )
         .await
     }
 
@@ -305,16 +297,10 @@ impl KeyStore for SqliteKeyStore {
     }
 
     async fn get_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        let hash = hash.to_vec();
-        self.with(move |c| {
-            let t: Option<String> = c
-                .query_row("SELECT record FROM tokens WHERE hash = ?1", [hash], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            Ok(t.map(|t| serde_json::from_str(&t)).transpose()?)
-        })
-        .await
+        let t: Option<String> = self
+            .one("SELECT record FROM tokens WHERE hash = ?1", hash.to_vec())
+            .await?;
+        Ok(t.map(|t| serde_json::from_str(&t)).transpose()?)
     }
 
     async fn delete_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
