@@ -1,0 +1,199 @@
+//! Primitives that exist only for wire compatibility with fwknop's Single Packet
+//! Authorization (Rijndael mode): MD5-based `EVP_BytesToKey`, unauthenticated AES-256-CBC,
+//! and HMAC over the digest family fwknop offers (MD5 … SHA3-512). Never use these for
+//! anything kagi designs itself: kagi's own formats use AES-256-GCM and SHA-256.
+
+use aws_lc_rs::cipher::{
+    DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext, UnboundCipherKey, AES_256,
+};
+use aws_lc_rs::digest;
+use aws_lc_rs::iv::FixedLength;
+use md5::Digest as _;
+
+use crate::{CryptoError, SecretBytes};
+
+/// The digest algorithms fwknop names (`-m` / `HMAC_DIGEST_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LegacyHash {
+    /// MD5 (RFC 1321).
+    Md5,
+    /// SHA-1 (FIPS 180-4).
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+    /// SHA3-256 (FIPS 202).
+    Sha3_256,
+    /// SHA3-512.
+    Sha3_512,
+}
+
+impl LegacyHash {
+    /// Output length in bytes.
+    pub fn output_len(self) -> usize {
+        match self {
+            Self::Md5 => 16,
+            Self::Sha1 => 20,
+            Self::Sha256 | Self::Sha3_256 => 32,
+            Self::Sha384 => 48,
+            Self::Sha512 | Self::Sha3_512 => 64,
+        }
+    }
+
+    /// Input block length in bytes (for HMAC's key padding).
+    pub fn block_len(self) -> usize {
+        match self {
+            Self::Md5 | Self::Sha1 | Self::Sha256 => 64,
+            Self::Sha384 | Self::Sha512 => 128,
+            Self::Sha3_256 => 136,
+            Self::Sha3_512 => 72,
+        }
+    }
+
+    fn aws(self) -> Option<&'static digest::Algorithm> {
+        match self {
+            Self::Md5 => None,
+            Self::Sha1 => Some(&digest::SHA1_FOR_LEGACY_USE_ONLY),
+            Self::Sha256 => Some(&digest::SHA256),
+            Self::Sha384 => Some(&digest::SHA384),
+            Self::Sha512 => Some(&digest::SHA512),
+            Self::Sha3_256 => Some(&digest::SHA3_256),
+            Self::Sha3_512 => Some(&digest::SHA3_512),
+        }
+    }
+
+    /// `H(part_1 || part_2 || ...)`.
+    pub fn digest_parts(self, parts: &[&[u8]]) -> Vec<u8> {
+        match self.aws() {
+            Some(alg) => {
+                let mut c = digest::Context::new(alg);
+                for p in parts {
+                    c.update(p);
+                }
+                c.finish().as_ref().to_vec()
+            }
+            None => {
+                let mut h = md5::Md5::new();
+                for p in parts {
+                    h.update(p);
+                }
+                h.finalize().to_vec()
+            }
+        }
+    }
+
+    /// `H(data)`.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        self.digest_parts(&[data])
+    }
+}
+
+/// `HMAC(K, m) = H((K0 ^ opad) || H((K0 ^ ipad) || m))` (RFC 2104), for every
+/// [`LegacyHash`]; keys longer than the block are hashed first.
+pub fn legacy_hmac(h: LegacyHash, key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let b = h.block_len();
+    let mut k0 = if key.len() > b { h.digest(key) } else { key.to_vec() };
+    k0.resize(b, 0);
+    let ipad: Vec<u8> = k0.iter().map(|x| x ^ 0x36).collect();
+    let opad: Vec<u8> = k0.iter().map(|x| x ^ 0x5c).collect();
+    zeroize::Zeroize::zeroize(&mut k0);
+    let inner = h.digest_parts(&[&ipad, msg]);
+    h.digest_parts(&[&opad, &inner])
+}
+
+/// OpenSSL `EVP_BytesToKey(AES-256-CBC, MD5, salt, pass, count = 1)`:
+/// `D_1 = MD5(pass || salt)`, `D_i = MD5(D_(i-1) || pass || salt)`; key = first 32 bytes of
+/// `D_1 || D_2 || ...`, IV = the next 16.
+pub fn evp_bytes_to_key_md5(pass: &[u8], salt: &[u8; 8]) -> (SecretBytes, [u8; 16]) {
+    let mut out = Vec::with_capacity(64);
+    let mut prev: Vec<u8> = Vec::new();
+    while out.len() < 48 {
+        prev = LegacyHash::Md5.digest_parts(&[&prev, pass, salt]);
+        out.extend_from_slice(&prev);
+    }
+    let mut iv = [0u8; 16];
+    iv.copy_from_slice(&out[32..48]);
+    out.truncate(32);
+    zeroize::Zeroize::zeroize(&mut prev);
+    (SecretBytes::new(out), iv)
+}
+
+fn cbc_key(key: &[u8]) -> Result<UnboundCipherKey, CryptoError> {
+    if key.len() != 32 {
+        return Err(CryptoError::Length { what: "AES-256 key", expected: 32, got: key.len() });
+    }
+    UnboundCipherKey::new(&AES_256, key).map_err(|_| CryptoError::KeyRejected)
+}
+
+/// AES-256-CBC encryption of `buf` in place; `buf.len()` must be a multiple of 16 (the caller
+/// pads).
+pub fn aes256_cbc_encrypt(key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), CryptoError> {
+    if buf.len() % 16 != 0 {
+        return Err(CryptoError::Length { what: "CBC input (multiple of 16)", expected: buf.len().div_ceil(16) * 16, got: buf.len() });
+    }
+    let k = EncryptingKey::cbc(cbc_key(key)?).map_err(|_| CryptoError::KeyRejected)?;
+    k.less_safe_encrypt(buf, EncryptionContext::Iv128(FixedLength::from(*iv)))
+        .map_err(|_| CryptoError::KeyRejected)?;
+    Ok(())
+}
+
+/// AES-256-CBC decryption of `buf` in place, no padding removed (fwknop strips PKCS#7
+/// leniently itself).
+pub fn aes256_cbc_decrypt(key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), CryptoError> {
+    if buf.is_empty() || buf.len() % 16 != 0 {
+        return Err(CryptoError::Authentication);
+    }
+    let k = DecryptingKey::cbc(cbc_key(key)?).map_err(|_| CryptoError::KeyRejected)?;
+    k.decrypt(buf, DecryptionContext::Iv128(FixedLength::from(*iv)))
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn md5_and_sha3_known_answers() {
+        assert_eq!(hex(&LegacyHash::Md5.digest(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            hex(&LegacyHash::Sha3_256.digest(b"abc")),
+            "3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532"
+        );
+    }
+
+    #[test]
+    fn generic_hmac_matches_rfc_vectors() {
+        // RFC 2202 test case 2 (HMAC-MD5) and RFC 4231 test case 2 (HMAC-SHA-256).
+        assert_eq!(hex(&legacy_hmac(LegacyHash::Md5, b"Jefe", b"what do ya want for nothing?")), "750c783e6ab0b503eaa86e310a5db738");
+        assert_eq!(
+            legacy_hmac(LegacyHash::Sha256, b"Jefe", b"what do ya want for nothing?"),
+            crate::hmac_sha256(b"Jefe", b"what do ya want for nothing?").to_vec()
+        );
+        let long_key = [0xaau8; 131];
+        assert_eq!(
+            legacy_hmac(LegacyHash::Sha256, &long_key, b"Test Using Larger Than Block-Size Key - Hash Key First"),
+            crate::hmac_sha256(&long_key, b"Test Using Larger Than Block-Size Key - Hash Key First").to_vec()
+        );
+    }
+
+    #[test]
+    fn cbc_round_trip_and_evp_kdf_shape() {
+        let (k, iv) = evp_bytes_to_key_md5(b"fwknoptest", b"12345678");
+        // D1 = MD5(pass || salt) starts the key.
+        assert_eq!(&k.expose()[..16], &LegacyHash::Md5.digest(b"fwknoptest12345678")[..]);
+        let mut buf = [7u8; 32];
+        aes256_cbc_encrypt(k.expose(), &iv, &mut buf).unwrap();
+        assert_ne!(buf, [7u8; 32]);
+        aes256_cbc_decrypt(k.expose(), &iv, &mut buf).unwrap();
+        assert_eq!(buf, [7u8; 32]);
+        assert!(aes256_cbc_decrypt(k.expose(), &iv, &mut [0u8; 15]).is_err());
+    }
+}
