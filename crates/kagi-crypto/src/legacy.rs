@@ -95,7 +95,11 @@ impl LegacyHash {
 /// [`LegacyHash`]; keys longer than the block are hashed first.
 pub fn legacy_hmac(h: LegacyHash, key: &[u8], msg: &[u8]) -> Vec<u8> {
     let b = h.block_len();
-    let mut k0 = if key.len() > b { h.digest(key) } else { key.to_vec() };
+    let mut k0 = if key.len() > b {
+        h.digest(key)
+    } else {
+        key.to_vec()
+    };
     k0.resize(b, 0);
     let ipad: Vec<u8> = k0.iter().map(|x| x ^ 0x36).collect();
     let opad: Vec<u8> = k0.iter().map(|x| x ^ 0x5c).collect();
@@ -123,7 +127,11 @@ pub fn evp_bytes_to_key_md5(pass: &[u8], salt: &[u8; 8]) -> (SecretBytes, [u8; 1
 
 fn cbc_key(key: &[u8]) -> Result<UnboundCipherKey, CryptoError> {
     if key.len() != 32 {
-        return Err(CryptoError::Length { what: "AES-256 key", expected: 32, got: key.len() });
+        return Err(CryptoError::Length {
+            what: "AES-256 key",
+            expected: 32,
+            got: key.len(),
+        });
     }
     UnboundCipherKey::new(&AES_256, key).map_err(|_| CryptoError::KeyRejected)
 }
@@ -132,7 +140,11 @@ fn cbc_key(key: &[u8]) -> Result<UnboundCipherKey, CryptoError> {
 /// pads).
 pub fn aes256_cbc_encrypt(key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), CryptoError> {
     if buf.len() % 16 != 0 {
-        return Err(CryptoError::Length { what: "CBC input (multiple of 16)", expected: buf.len().div_ceil(16) * 16, got: buf.len() });
+        return Err(CryptoError::Length {
+            what: "CBC input (multiple of 16)",
+            expected: buf.len().div_ceil(16) * 16,
+            got: buf.len(),
+        });
     }
     let k = EncryptingKey::cbc(cbc_key(key)?).map_err(|_| CryptoError::KeyRejected)?;
     k.less_safe_encrypt(buf, EncryptionContext::Iv128(FixedLength::from(*iv)))
@@ -162,7 +174,10 @@ mod tests {
 
     #[test]
     fn md5_and_sha3_known_answers() {
-        assert_eq!(hex(&LegacyHash::Md5.digest(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            hex(&LegacyHash::Md5.digest(b"abc")),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
         assert_eq!(
             hex(&LegacyHash::Sha3_256.digest(b"abc")),
             "3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532"
@@ -172,15 +187,30 @@ mod tests {
     #[test]
     fn generic_hmac_matches_rfc_vectors() {
         // RFC 2202 test case 2 (HMAC-MD5) and RFC 4231 test case 2 (HMAC-SHA-256).
-        assert_eq!(hex(&legacy_hmac(LegacyHash::Md5, b"Jefe", b"what do ya want for nothing?")), "750c783e6ab0b503eaa86e310a5db738");
+        assert_eq!(
+            hex(&legacy_hmac(
+                LegacyHash::Md5,
+                b"Jefe",
+                b"what do ya want for nothing?"
+            )),
+            "750c783e6ab0b503eaa86e310a5db738"
+        );
         assert_eq!(
             legacy_hmac(LegacyHash::Sha256, b"Jefe", b"what do ya want for nothing?"),
             crate::hmac_sha256(b"Jefe", b"what do ya want for nothing?").to_vec()
         );
         let long_key = [0xaau8; 131];
         assert_eq!(
-            legacy_hmac(LegacyHash::Sha256, &long_key, b"Test Using Larger Than Block-Size Key - Hash Key First"),
-            crate::hmac_sha256(&long_key, b"Test Using Larger Than Block-Size Key - Hash Key First").to_vec()
+            legacy_hmac(
+                LegacyHash::Sha256,
+                &long_key,
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            ),
+            crate::hmac_sha256(
+                &long_key,
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )
+            .to_vec()
         );
     }
 
@@ -188,7 +218,10 @@ mod tests {
     fn cbc_round_trip_and_evp_kdf_shape() {
         let (k, iv) = evp_bytes_to_key_md5(b"fwknoptest", b"12345678");
         // D1 = MD5(pass || salt) starts the key.
-        assert_eq!(&k.expose()[..16], &LegacyHash::Md5.digest(b"fwknoptest12345678")[..]);
+        assert_eq!(
+            &k.expose()[..16],
+            &LegacyHash::Md5.digest(b"fwknoptest12345678")[..]
+        );
         let mut buf = [7u8; 32];
         aes256_cbc_encrypt(k.expose(), &iv, &mut buf).unwrap();
         assert_ne!(buf, [7u8; 32]);

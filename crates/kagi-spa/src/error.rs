@@ -7,7 +7,9 @@ pub enum SpaError {
     #[error("packet is shorter than 140 bytes")]
     TooShort,
     /// Longer than a Rijndael packet can be (fwknopd treats 400+ bytes as GnuPG).
-    #[error("packet is 400 bytes or longer (fwknop treats that as GnuPG, which kagi does not accept)")]
+    #[error(
+        "packet is 400 bytes or longer (fwknop treats that as GnuPG, which kagi does not accept)"
+    )]
     TooLong,
     /// A byte outside the base64 alphabet.
     #[error("packet holds a byte outside the base64 alphabet")]

@@ -9,7 +9,9 @@
 //! ```
 //! The receiver checks the HMAC before it decrypts anything.
 
-use kagi_crypto::legacy::{aes256_cbc_decrypt, aes256_cbc_encrypt, evp_bytes_to_key_md5, legacy_hmac, LegacyHash};
+use kagi_crypto::legacy::{
+    aes256_cbc_decrypt, aes256_cbc_encrypt, evp_bytes_to_key_md5, legacy_hmac, LegacyHash,
+};
 use kagi_crypto::SecretBytes;
 
 use crate::message::{DigestType, SpaMessage};
@@ -58,7 +60,12 @@ fn hmac_b64(h: LegacyHash, key: &[u8], t_without_prefix: &str) -> String {
 
 /// Builds the wire packet for `msg` with inner digest `digest`; `salt` is the caller's
 /// randomness (8 bytes from a CSPRNG in production, fixed in known-answer tests).
-pub fn seal(msg: &SpaMessage, digest: DigestType, keys: &StanzaKeys, salt: [u8; 8]) -> Result<String, SpaError> {
+pub fn seal(
+    msg: &SpaMessage,
+    digest: DigestType,
+    keys: &StanzaKeys,
+    salt: [u8; 8],
+) -> Result<String, SpaError> {
     let plaintext = msg.encode(digest);
     let pass = keys.password()?;
     let (key, iv) = evp_bytes_to_key_md5(pass.expose(), &salt);
@@ -87,7 +94,10 @@ pub fn precheck(packet: &[u8]) -> Result<(), SpaError> {
     if packet.len() >= MAX_RIJNDAEL_PACKET {
         return Err(SpaError::TooLong);
     }
-    if !packet.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=') {
+    if !packet
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+    {
         return Err(SpaError::NotBase64);
     }
     if packet.starts_with(SALTED_PREFIX.as_bytes()) {
@@ -142,17 +152,31 @@ pub fn open(packet: &str, keys: &StanzaKeys) -> Result<Opened, SpaError> {
     // Lenient PKCS#7, as fwknop: strip only a padding that is entirely consistent.
     if let Some(&p) = pt.last() {
         let p = p as usize;
-        if (1..=16).contains(&p) && pt.len() >= p && pt[pt.len() - p..].iter().all(|&b| b as usize == p) {
+        if (1..=16).contains(&p)
+            && pt.len() >= p
+            && pt[pt.len() - p..].iter().all(|&b| b as usize == p)
+        {
             pt.truncate(pt.len() - p);
         }
     }
-    if pt.len() + 32 < ct_len || pt.len() < 17 || !pt[..16].iter().all(u8::is_ascii_digit) || pt[16] != b':' {
+    if pt.len() + 32 < ct_len
+        || pt.len() < 17
+        || !pt[..16].iter().all(u8::is_ascii_digit)
+        || pt[16] != b':'
+    {
         return Err(SpaError::DecryptFailed);
     }
     let text = String::from_utf8(pt).map_err(|_| SpaError::DecryptFailed)?;
     let (message, digest) = SpaMessage::decode(&text)?;
-    let encoded = text.rsplit_once(':').map(|(e, _)| e.to_string()).unwrap_or_default();
-    Ok(Opened { message, digest, encoded })
+    let encoded = text
+        .rsplit_once(':')
+        .map(|(e, _)| e.to_string())
+        .unwrap_or_default();
+    Ok(Opened {
+        message,
+        digest,
+        encoded,
+    })
 }
 
 #[cfg(test)]
@@ -174,19 +198,37 @@ mod tests {
         };
         let pkt = "+NXXf1VXRuuNGUPMVmMB/n9xFxctDXigDj+5+rxAqiNfvGPfd8VdkBaOlXHBOcMzoaSWe8n3MECOJJ23MDUi80W/wWOna03BTIorQa/abxFd0hACWWy3utdyqS06lYbT6bs5BaP01lp1bD9hqrvrm78EbJzMDEs5cYLbtiTx/NRzzL/jcSlNQ0twpHwTJPsKaKkFqfunFrtQ";
         let o = open(pkt, &keys).unwrap();
-        assert_eq!(o.encoded, "9048659081339271:cm9vdA:1795878118:3.0.0:1:MTI3LjAuMC4xLHRjcC8yMg");
+        assert_eq!(
+            o.encoded,
+            "9048659081339271:cm9vdA:1795878118:3.0.0:1:MTI3LjAuMC4xLHRjcC8yMg"
+        );
         assert_eq!(o.message.message, "127.0.0.1,tcp/22");
         // Sealing the same message with any salt opens again; a changed byte never does.
-        let again = seal(&o.message, DigestType::Sha256, &keys, [1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        let again = seal(
+            &o.message,
+            DigestType::Sha256,
+            &keys,
+            [1, 2, 3, 4, 5, 6, 7, 8],
+        )
+        .unwrap();
         assert_eq!(again.len(), pkt.len());
         assert_eq!(open(&again, &keys).unwrap().message, o.message);
         for i in [0, 50, 150, again.len() - 1] {
             let mut b = again.clone().into_bytes();
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
-            assert!(open(std::str::from_utf8(&b).unwrap(), &keys).is_err(), "flip at {i}");
+            assert!(
+                open(std::str::from_utf8(&b).unwrap(), &keys).is_err(),
+                "flip at {i}"
+            );
         }
-        assert_eq!(open(&format!("{SALTED_PREFIX}{pkt}"), &keys).unwrap_err(), SpaError::SaltedPrefix);
+        assert_eq!(
+            open(&format!("{SALTED_PREFIX}{pkt}"), &keys).unwrap_err(),
+            SpaError::SaltedPrefix
+        );
         assert_eq!(open(&pkt[..100], &keys).unwrap_err(), SpaError::TooShort);
-        assert_eq!(open(&format!("{pkt}\n"), &keys).unwrap_err(), SpaError::NotBase64);
+        assert_eq!(
+            open(&format!("{pkt}\n"), &keys).unwrap_err(),
+            SpaError::NotBase64
+        );
     }
 }

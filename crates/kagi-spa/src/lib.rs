@@ -6,10 +6,13 @@
 //! it was built from.
 #![forbid(unsafe_code)]
 
+pub mod access_conf;
 mod b64;
+pub mod decision;
 mod error;
 pub mod fwknop;
 pub mod message;
+pub mod replay_cache;
 
 pub use error::SpaError;
 pub use fwknop::{open, seal, StanzaKeys};

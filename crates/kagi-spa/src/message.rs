@@ -45,11 +45,22 @@ impl MessageType {
     }
     /// True for the types that carry a NAT field.
     pub fn has_nat(self) -> bool {
-        matches!(self, Self::NatAccess | Self::ClientTimeoutNatAccess | Self::LocalNatAccess | Self::ClientTimeoutLocalNatAccess)
+        matches!(
+            self,
+            Self::NatAccess
+                | Self::ClientTimeoutNatAccess
+                | Self::LocalNatAccess
+                | Self::ClientTimeoutLocalNatAccess
+        )
     }
     /// True for the types that carry a client timeout.
     pub fn has_timeout(self) -> bool {
-        matches!(self, Self::ClientTimeoutAccess | Self::ClientTimeoutNatAccess | Self::ClientTimeoutLocalNatAccess)
+        matches!(
+            self,
+            Self::ClientTimeoutAccess
+                | Self::ClientTimeoutNatAccess
+                | Self::ClientTimeoutLocalNatAccess
+        )
     }
 }
 
@@ -189,19 +200,29 @@ pub struct SpaMessage {
 fn valid_username(u: &str) -> bool {
     !u.is_empty()
         && u.len() < 64
-        && u.bytes().all(|b| (0x21..0x7f).contains(&b) && !b"\"/\\[]:;|=,+*?<>".contains(&b))
+        && u.bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && !b"\"/\\[]:;|=,+*?<>".contains(&b))
 }
 
 fn valid_nat(nat: &str) -> bool {
-    let Some((host, port)) = nat.split_once(',') else { return false };
+    let Some((host, port)) = nat.split_once(',') else {
+        return false;
+    };
     if port.contains(',') || host.is_empty() || host.len() > 253 {
         return false;
     }
-    let port_ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
     // An IPv4 address or an RFC 1123 host name (fwknopd refuses anything else when it acts on it).
     let host_ok = host.parse::<Ipv4Addr>().is_ok()
         || host.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     port_ok && host_ok
 }
@@ -256,14 +277,22 @@ impl SpaMessage {
         let dtype = cands
             .iter()
             .copied()
-            .find(|d| kagi_crypto::ct_eq(b64::encode(&d.hash().digest(e.as_bytes())).as_bytes(), digest.as_bytes()))
+            .find(|d| {
+                kagi_crypto::ct_eq(
+                    b64::encode(&d.hash().digest(e.as_bytes())).as_bytes(),
+                    digest.as_bytes(),
+                )
+            })
             .ok_or(SpaError::DigestMismatch)?;
         let f: Vec<&str> = e.split(':').collect();
         let rand = f[0];
         if rand.len() != 16 || !rand.bytes().all(|b| b.is_ascii_digit()) {
             return Err(SpaError::RandomValue);
         }
-        let username = b64::decode(f[1]).and_then(|u| String::from_utf8(u).ok()).filter(|u| valid_username(u)).ok_or(SpaError::Username)?;
+        let username = b64::decode(f[1])
+            .and_then(|u| String::from_utf8(u).ok())
+            .filter(|u| valid_username(u))
+            .ok_or(SpaError::Username)?;
         if f[2].is_empty() || !f[2].bytes().all(|b| b.is_ascii_digit()) {
             return Err(SpaError::Timestamp);
         }
@@ -286,7 +315,9 @@ impl SpaMessage {
         if rest[0].len() > 256 {
             return Err(SpaError::Message);
         }
-        let message = b64::decode(rest[0]).and_then(|m| String::from_utf8(m).ok()).ok_or(SpaError::Message)?;
+        let message = b64::decode(rest[0])
+            .and_then(|m| String::from_utf8(m).ok())
+            .ok_or(SpaError::Message)?;
         match msg_type {
             MessageType::Command => {
                 let (ip, cmd) = message.split_once(',').ok_or(SpaError::Message)?;
@@ -300,16 +331,25 @@ impl SpaMessage {
         }
         let mut i = 1;
         let nat_access = if msg_type.has_nat() {
-            let n = b64::decode(rest[i]).and_then(|n| String::from_utf8(n).ok()).filter(|n| valid_nat(n)).ok_or(SpaError::NatAccess)?;
+            let n = b64::decode(rest[i])
+                .and_then(|n| String::from_utf8(n).ok())
+                .filter(|n| valid_nat(n))
+                .ok_or(SpaError::NatAccess)?;
             i += 1;
             Some(n)
         } else {
             None
         };
         let optional = rest.len() - i;
-        let has_auth = if msg_type.has_timeout() { optional == 2 } else { optional == 1 };
+        let has_auth = if msg_type.has_timeout() {
+            optional == 2
+        } else {
+            optional == 1
+        };
         let server_auth = if has_auth {
-            let a = b64::decode(rest[i]).and_then(|a| String::from_utf8(a).ok()).ok_or(SpaError::Message)?;
+            let a = b64::decode(rest[i])
+                .and_then(|a| String::from_utf8(a).ok())
+                .ok_or(SpaError::Message)?;
             i += 1;
             Some(a)
         } else {
@@ -329,7 +369,17 @@ impl SpaMessage {
             None
         };
         Ok((
-            Self { rand: rand.to_string(), username, timestamp, version: version.to_string(), msg_type, message, nat_access, server_auth, client_timeout },
+            Self {
+                rand: rand.to_string(),
+                username,
+                timestamp,
+                version: version.to_string(),
+                msg_type,
+                message,
+                nat_access,
+                server_auth,
+                client_timeout,
+            },
             dtype,
         ))
     }
@@ -365,7 +415,15 @@ mod tests {
 
     #[test]
     fn every_digest_type_round_trips() {
-        for d in [DigestType::Md5, DigestType::Sha1, DigestType::Sha256, DigestType::Sha384, DigestType::Sha512, DigestType::Sha3_256, DigestType::Sha3_512] {
+        for d in [
+            DigestType::Md5,
+            DigestType::Sha1,
+            DigestType::Sha256,
+            DigestType::Sha384,
+            DigestType::Sha512,
+            DigestType::Sha3_256,
+            DigestType::Sha3_512,
+        ] {
             assert_eq!(SpaMessage::decode(&msg().encode(d)).unwrap().1, d);
         }
     }
@@ -374,24 +432,90 @@ mod tests {
     fn refuses_bad_fields() {
         let good = msg();
         let cases: Vec<(SpaMessage, SpaError)> = vec![
-            (SpaMessage { rand: "123".into(), ..good.clone() }, SpaError::RandomValue),
-            (SpaMessage { username: "a:b".into(), ..good.clone() }, SpaError::Username),
-            (SpaMessage { version: "123456789".into(), ..good.clone() }, SpaError::Version),
-            (SpaMessage { message: "10.0.0.1,tcp/0".into(), ..good.clone() }, SpaError::Message),
-            (SpaMessage { message: "10.0.0.1,tcp/70000".into(), ..good.clone() }, SpaError::Message),
-            (SpaMessage { message: "10.0.0.1,sctp/22".into(), ..good.clone() }, SpaError::Message),
-            (SpaMessage { message: "10.0.0.999,tcp/22".into(), ..good.clone() }, SpaError::Message),
-            (SpaMessage { msg_type: MessageType::NatAccess, nat_access: Some("bad%host,22".into()), ..good.clone() }, SpaError::NatAccess),
-            (SpaMessage { msg_type: MessageType::ClientTimeoutAccess, client_timeout: Some(70000), ..good.clone() }, SpaError::ClientTimeout),
+            (
+                SpaMessage {
+                    rand: "123".into(),
+                    ..good.clone()
+                },
+                SpaError::RandomValue,
+            ),
+            (
+                SpaMessage {
+                    username: "a:b".into(),
+                    ..good.clone()
+                },
+                SpaError::Username,
+            ),
+            (
+                SpaMessage {
+                    version: "123456789".into(),
+                    ..good.clone()
+                },
+                SpaError::Version,
+            ),
+            (
+                SpaMessage {
+                    message: "10.0.0.1,tcp/0".into(),
+                    ..good.clone()
+                },
+                SpaError::Message,
+            ),
+            (
+                SpaMessage {
+                    message: "10.0.0.1,tcp/70000".into(),
+                    ..good.clone()
+                },
+                SpaError::Message,
+            ),
+            (
+                SpaMessage {
+                    message: "10.0.0.1,sctp/22".into(),
+                    ..good.clone()
+                },
+                SpaError::Message,
+            ),
+            (
+                SpaMessage {
+                    message: "10.0.0.999,tcp/22".into(),
+                    ..good.clone()
+                },
+                SpaError::Message,
+            ),
+            (
+                SpaMessage {
+                    msg_type: MessageType::NatAccess,
+                    nat_access: Some("bad%host,22".into()),
+                    ..good.clone()
+                },
+                SpaError::NatAccess,
+            ),
+            (
+                SpaMessage {
+                    msg_type: MessageType::ClientTimeoutAccess,
+                    client_timeout: Some(70000),
+                    ..good.clone()
+                },
+                SpaError::ClientTimeout,
+            ),
         ];
         for (m, want) in cases {
-            assert_eq!(SpaMessage::decode(&m.encode(DigestType::Sha256)).unwrap_err(), want, "{m:?}");
+            assert_eq!(
+                SpaMessage::decode(&m.encode(DigestType::Sha256)).unwrap_err(),
+                want,
+                "{m:?}"
+            );
         }
         let p = good.encode(DigestType::Sha256);
         let tampered = p.replacen("1795878118", "1795878119", 1);
-        assert_eq!(SpaMessage::decode(&tampered).unwrap_err(), SpaError::DigestMismatch);
+        assert_eq!(
+            SpaMessage::decode(&tampered).unwrap_err(),
+            SpaError::DigestMismatch
+        );
         assert_eq!(SpaMessage::decode("a:b").unwrap_err(), SpaError::FieldCount);
-        assert_eq!(SpaMessage::decode(&format!("{p}x")).unwrap_err(), SpaError::DigestLength);
+        assert_eq!(
+            SpaMessage::decode(&format!("{p}x")).unwrap_err(),
+            SpaError::DigestLength
+        );
     }
 
     #[test]

@@ -10,14 +10,19 @@ use kagi_spa::fwknop::{open, seal, StanzaKeys};
 use kagi_spa::AccessSpec;
 
 fn vectors() -> Option<String> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/vectors/fwknop-known-answers.tsv");
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/vectors/fwknop-known-answers.tsv");
     std::fs::read_to_string(&p).ok()
 }
 
 fn key(kind: &str, value: &str) -> SecretBytes {
     match kind {
         "text" => SecretBytes::new(value.as_bytes().to_vec()),
-        "base64" => SecretBytes::new(base64::engine::general_purpose::STANDARD.decode(value).unwrap()),
+        "base64" => SecretBytes::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .unwrap(),
+        ),
         other => panic!("unknown key kind {other}"),
     }
 }
@@ -41,7 +46,9 @@ fn fwknop_known_answer_packets() {
         eprintln!("SKIPPED fwknop_known_answer_packets: ../shared/reference/vectors/fwknop-known-answers.tsv is not beside the checkout");
         return;
     };
-    let mut rows = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+    let mut rows = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty());
     let header: Vec<&str> = rows.next().unwrap().split('\t').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (mut accepted, mut rejected) = (0, 0);
@@ -69,7 +76,11 @@ fn fwknop_known_answer_packets() {
                 let o = result.unwrap_or_else(|e| panic!("{name}: refused: {e}"));
                 assert_eq!(o.encoded, f[col("expected_plaintext")], "{name}");
                 // Our encoder reproduces the fields byte for byte, and our packets open.
-                assert_eq!(o.message.encode_fields(), o.encoded, "{name}: re-encoding differs");
+                assert_eq!(
+                    o.message.encode_fields(),
+                    o.encoded,
+                    "{name}: re-encoding differs"
+                );
                 let resealed = seal(&o.message, o.digest, &keys, [9; 8]).unwrap();
                 assert_eq!(open(&resealed, &keys).unwrap().message, o.message, "{name}");
                 accepted += 1;
