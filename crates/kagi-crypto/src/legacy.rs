@@ -139,7 +139,7 @@ fn cbc_key(key: &[u8]) -> Result<UnboundCipherKey, CryptoError> {
 /// AES-256-CBC encryption of `buf` in place; `buf.len()` must be a multiple of 16 (the caller
 /// pads).
 pub fn aes256_cbc_encrypt(key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), CryptoError> {
-    if buf.len() % 16 != 0 {
+    if !buf.len().is_multiple_of(16) {
         return Err(CryptoError::Length {
             what: "CBC input (multiple of 16)",
             expected: buf.len().div_ceil(16) * 16,
@@ -155,7 +155,7 @@ pub fn aes256_cbc_encrypt(key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(
 /// AES-256-CBC decryption of `buf` in place, no padding removed (fwknop strips PKCS#7
 /// leniently itself).
 pub fn aes256_cbc_decrypt(key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), CryptoError> {
-    if buf.is_empty() || buf.len() % 16 != 0 {
+    if buf.is_empty() || !buf.len().is_multiple_of(16) {
         return Err(CryptoError::Authentication);
     }
     let k = DecryptingKey::cbc(cbc_key(key)?).map_err(|_| CryptoError::KeyRejected)?;

@@ -139,7 +139,7 @@ pub fn open(packet: &str, keys: &StanzaKeys) -> Result<Opened, SpaError> {
     t.push_str(SALTED_PREFIX);
     t.push_str(body);
     let c = b64::decode(&t).ok_or(SpaError::BadCiphertext)?;
-    if c.len() < 32 || &c[..8] != b"Salted__" || (c.len() - 16) % 16 != 0 {
+    if c.len() < 32 || &c[..8] != b"Salted__" || !(c.len() - 16).is_multiple_of(16) {
         return Err(SpaError::BadCiphertext);
     }
     let mut salt = [0u8; 8];
