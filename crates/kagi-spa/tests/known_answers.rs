@@ -3,6 +3,8 @@
 //! expected plaintext and re-seals to a packet that opens the same; every `reject` row is
 //! refused.
 
+#![allow(clippy::unwrap_used)]
+
 use base64::Engine;
 use kagi_crypto::legacy::LegacyHash;
 use kagi_crypto::SecretBytes;
