@@ -8,6 +8,8 @@ mod datakey;
 mod keys;
 mod output;
 mod server_cmd;
+mod spa_cmd;
+mod spad;
 
 use clap::{Parser, Subcommand};
 
@@ -84,6 +86,11 @@ enum Cmd {
     /// Read, export and verify the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Single Packet Authorization client tools (fwknop-compatible).
+    #[command(subcommand)]
+    Spa(spa_cmd::SpaCmd),
+    /// The SPA daemon: opens ports on nftables for valid knocks, answers nothing.
+    Spad(spad::SpadArgs),
 }
 
 fn main() {
@@ -105,6 +112,8 @@ fn main() {
             Cmd::Policy(c) => admin::policy(&cli.conn, c).await,
             Cmd::Token(c) => admin::token(&cli.conn, c).await,
             Cmd::Audit(c) => audit_cmd::run(&cli.conn, c).await,
+            Cmd::Spa(c) => spa_cmd::run(c),
+            Cmd::Spad(a) => spad::run(a).await,
         }
     });
     if let Err(f) = r {

@@ -74,3 +74,15 @@ pub fn context(args: &[String]) -> Result<Value, Fail> {
     let ctx = kagi_keys::EncryptionContext::from_kv_args(args).map_err(|e| Fail(e.to_string()))?;
     Ok(serde_json::to_value(ctx.pairs()).unwrap_or_default())
 }
+
+/// Logs to stderr, filtered by `KAGI_LOG` (default info), coloured only on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KAGI_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

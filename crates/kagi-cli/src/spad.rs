@@ -1,0 +1,279 @@
+//! `kagi spad`: the SPA daemon. A UDP socket that never answers, the pure decision of
+//! kagi-spa, the nftables boundary, and a replay cache that survives restarts and kill -9
+//! (each opened packet's digest is appended and fsynced before access is granted).
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kagi_firewall::{Firewall, LogOnly, Nftables};
+use kagi_spa::decision::{decide, DaemonPolicy};
+use kagi_spa::replay_cache::ReplayCache;
+use serde::Deserialize;
+
+use crate::output::Fail;
+
+#[derive(clap::Args, Debug)]
+pub struct SpadArgs {
+    /// fwknop access.conf.
+    #[arg(long = "access-conf")]
+    access_conf: PathBuf,
+    /// Daemon settings (TOML): listen, max_packet_age, replay_cache.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// UDP address to listen on (default [::]:62201, IPv4 and IPv6).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// nftables (default) or none (only log decisions).
+    #[arg(long, default_value = "nftables", value_parser = ["nftables", "none"])]
+    firewall: String,
+    /// Do not drop the protected ports by default.
+    #[arg(long = "no-default-drop")]
+    no_default_drop: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SpadConfig {
+    listen: Option<SocketAddr>,
+    max_packet_age: Option<u64>,
+    replay_cache: Option<PathBuf>,
+}
+
+/// Decision log lines per second before further lines are counted, not printed.
+const LOG_PER_SEC: u32 = 100;
+
+struct LogLimiter {
+    window: Instant,
+    n: u32,
+    dropped: u64,
+}
+
+impl LogLimiter {
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                tracing::warn!(
+                    suppressed = self.dropped,
+                    "decision log lines suppressed in the last second (flood)"
+                );
+            }
+            self.window = Instant::now();
+            self.n = 0;
+            self.dropped = 0;
+        }
+        self.n += 1;
+        if self.n > LOG_PER_SEC {
+            self.dropped += 1;
+            false
+        } else {
+            true
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn load_replay(path: &std::path::Path, max_age: u64) -> Result<ReplayCache, Fail> {
+    let mut cache = ReplayCache::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(Fail(format!(
+                "cannot read replay cache {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        if let (Some(h), Some(t)) = (it.next(), it.next()) {
+            if let (Ok(d), Ok(t)) = (hex_digest(h), t.parse::<i64>()) {
+                cache.insert(d, t);
+            }
+        }
+    }
+    cache.evict(now(), max_age);
+    Ok(cache)
+}
+
+fn hex_digest(h: &str) -> Result<[u8; 32], ()> {
+    if h.len() != 64 {
+        return Err(());
+    }
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| ())?;
+    }
+    Ok(d)
+}
+
+/// Rewrites the replay file with only the live entries (on start), then appends to it.
+fn open_replay_file(path: &std::path::Path, cache: &ReplayCache) -> Result<std::fs::File, Fail> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)
+            .map_err(|e| Fail(format!("cannot create {}: {e}", p.display())))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut body = String::new();
+    for (d, t) in cache.entries() {
+        body.push_str(&format!(
+            "{} {t}\n",
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+    }
+    std::fs::write(&tmp, body).map_err(|e| Fail(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Fail(format!("cannot replace {}: {e}", path.display())))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Fail(format!("cannot open {}: {e}", path.display())))
+}
+
+pub async fn run(a: SpadArgs) -> Result<(), Fail> {
+    crate::output::init_logging();
+    let cfg: SpadConfig = match &a.config {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .map_err(|e| Fail(format!("cannot read {}: {e}", p.display())))?;
+            toml::from_str(&t)
+                .map_err(|e| Fail(format!("config {}: {}", p.display(), e.message())))?
+        }
+        None => SpadConfig::default(),
+    };
+    let stanzas = crate::spa_cmd::load_access_conf(&a.access_conf)?;
+    let max_age = cfg.max_packet_age.unwrap_or(120);
+    let replay_path = cfg
+        .replay_cache
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kagi/spad.replay"));
+    let mut cache = load_replay(&replay_path, max_age)?;
+    let mut replay_file = open_replay_file(&replay_path, &cache)?;
+    let listen = a
+        .listen
+        .or(cfg.listen)
+        .unwrap_or_else(|| SocketAddr::from(([0u16; 8], 62201)));
+    let sock =
+        UdpSocket::bind(listen).map_err(|e| Fail(format!("cannot listen on udp {listen}: {e}")))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut fw: Box<dyn Firewall> = if a.firewall == "none" {
+        Box::new(LogOnly)
+    } else {
+        Box::new(Nftables::default())
+    };
+    let mut protected: Vec<_> = stanzas
+        .iter()
+        .flat_map(|s| s.protected_ports().iter().copied())
+        .collect();
+    protected.sort_by_key(|(p, n)| (format!("{p:?}"), *n));
+    protected.dedup();
+    fw.setup(&protected, !a.no_default_drop)
+        .map_err(|e| Fail(e.to_string()))?;
+    tracing::info!(%listen, stanzas = stanzas.len(), firewall = %a.firewall, replay_entries = cache.len(), "kagi spad listening");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let mut worker = tokio::task::spawn_blocking(move || {
+        let mut serve = || -> Result<(), Fail> {
+            let policy = DaemonPolicy {
+                max_age: Some(max_age),
+            };
+            let mut buf = [0u8; 1536];
+            let mut log = LogLimiter {
+                window: Instant::now(),
+                n: 0,
+                dropped: 0,
+            };
+            let mut last_evict = Instant::now();
+            while !stop2.load(Ordering::Relaxed) {
+                let (n, peer) = match sock.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(Fail(format!("udp receive failed: {e}"))),
+                };
+                let src = match peer.ip() {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                    v4 => v4,
+                };
+                let t = now();
+                let packet = &buf[..n];
+                let before = cache.len();
+                let verdict = decide(packet, src, None, t, &stanzas, policy, &mut cache);
+                if cache.len() > before {
+                    // Durable before access is granted: a kill -9 right after cannot re-open it.
+                    let d = kagi_crypto::sha256(packet);
+                    let line = format!(
+                        "{} {t}\n",
+                        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    );
+                    if let Err(e) = replay_file
+                        .write_all(line.as_bytes())
+                        .and_then(|_| replay_file.sync_data())
+                    {
+                        tracing::error!(error = %e, "cannot persist the replay cache; refusing this packet");
+                        continue;
+                    }
+                }
+                match verdict {
+                    Ok(g) => {
+                        let mut ok = true;
+                        for (proto, port) in &g.ports {
+                            if let Err(e) = fw.grant(g.address, *proto, *port, g.timeout) {
+                                tracing::error!(error = %e, "firewall grant failed");
+                                ok = false;
+                            }
+                        }
+                        if log.allow() {
+                            let ports: Vec<String> = g
+                                .ports
+                                .iter()
+                                .map(|(p, n)| format!("{}/{n}", format!("{p:?}").to_lowercase()))
+                                .collect();
+                            tracing::info!(source = %src, stanza = %g.stanza, verdict = if ok { "accept" } else { "error" }, address = %g.address, ports = %ports.join(","), timeout = g.timeout, user = %g.username, "spa decision");
+                        }
+                    }
+                    Err(r) => {
+                        if log.allow() {
+                            tracing::info!(source = %src, verdict = "reject", reason = %r, "spa decision");
+                        }
+                    }
+                }
+                if last_evict.elapsed() >= Duration::from_secs(60) {
+                    cache.evict(t, max_age);
+                    last_evict = Instant::now();
+                }
+            }
+            Ok(())
+        };
+        let r = serve();
+        (r, fw)
+    });
+    let joined = tokio::select! {
+        _ = crate::server_cmd::shutdown_signal() => {
+            stop.store(true, Ordering::Relaxed);
+            worker.await
+        }
+        done = &mut worker => done,
+    };
+    let (r, mut fw) = joined.map_err(|_| Fail("the spad worker panicked".into()))?;
+    fw.teardown().map_err(|e| Fail(e.to_string()))?;
+    tracing::info!("kagi spad stopped; its nftables table is removed");
+    r
+}

@@ -1,0 +1,207 @@
+//! The kernel firewall boundary. kagi keeps everything in its own nftables table
+//! (`inet kagi`): a drop rule for every protected port and, per accepted knock, an
+//! `address . protocol . port` element with a kernel timeout in a set that an accept rule
+//! in the same chain consults. Access therefore expires even if the daemon dies, and an
+//! accept can never be overridden by kagi's own drop (both live in one chain; a drop in
+//! *another* table would still win, which is why the drop must be kagi's).
+//!
+//! The table is driven through `nft -f -` transactions: no netlink code, no `unsafe`.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use kagi_spa::Proto;
+
+/// Why the firewall refused a change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FirewallError {
+    /// `nft` could not be run.
+    #[error("cannot run nft ({0}); install nftables and run as root")]
+    Spawn(String),
+    /// `nft` refused the transaction.
+    #[error("nft refused the change: {0}")]
+    Refused(String),
+}
+
+/// What the daemon asks of a firewall.
+pub trait Firewall: Send {
+    /// Installs kagi's table, replacing any earlier one (so a crash leaves nothing stale).
+    fn setup(
+        &mut self,
+        protected: &[(Proto, u16)],
+        default_drop: bool,
+    ) -> Result<(), FirewallError>;
+    /// Opens `port` for `addr` for `timeout` seconds (refreshing an existing grant).
+    fn grant(
+        &mut self,
+        addr: IpAddr,
+        proto: Proto,
+        port: u16,
+        timeout: u32,
+    ) -> Result<(), FirewallError>;
+    /// Removes kagi's table.
+    fn teardown(&mut self) -> Result<(), FirewallError>;
+}
+
+/// `--firewall none`: decisions are only logged.
+#[derive(Debug, Default)]
+pub struct LogOnly;
+
+impl Firewall for LogOnly {
+    fn setup(&mut self, _: &[(Proto, u16)], _: bool) -> Result<(), FirewallError> {
+        Ok(())
+    }
+    fn grant(
+        &mut self,
+        addr: IpAddr,
+        proto: Proto,
+        port: u16,
+        timeout: u32,
+    ) -> Result<(), FirewallError> {
+        tracing::info!(%addr, proto = proto_name(proto), port, timeout, "firewall none: would open");
+        Ok(())
+    }
+    fn teardown(&mut self) -> Result<(), FirewallError> {
+        Ok(())
+    }
+}
+
+/// The nftables backend.
+#[derive(Debug)]
+pub struct Nftables {
+    table: String,
+}
+
+impl Default for Nftables {
+    fn default() -> Self {
+        Self {
+            table: "kagi".into(),
+        }
+    }
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+        Proto::Icmp => "icmp",
+        Proto::None => "none",
+    }
+}
+
+/// The ruleset text for kagi's table (pure; shown in docs and tested).
+pub fn ruleset(table: &str, protected: &[(Proto, u16)], default_drop: bool) -> String {
+    let mut s = format!(
+        "table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n\
+         \tset allowed4 {{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}\n\
+         \tset allowed6 {{ type ipv6_addr . inet_proto . inet_service; flags timeout; }}\n\
+         \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tip saddr . meta l4proto . th dport @allowed4 accept\n\
+         \t\tip6 saddr . meta l4proto . th dport @allowed6 accept\n"
+    );
+    if default_drop {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let ports: Vec<String> = protected
+                .iter()
+                .filter(|(p, _)| *p == proto)
+                .map(|(_, n)| n.to_string())
+                .collect();
+            if !ports.is_empty() {
+                s.push_str(&format!(
+                    "\t\t{} dport {{ {} }} drop\n",
+                    proto_name(proto),
+                    ports.join(", ")
+                ));
+            }
+        }
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+fn run_nft(script: &str) -> Result<(), FirewallError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| FirewallError::Spawn(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| FirewallError::Spawn(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| FirewallError::Spawn(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(FirewallError::Refused(
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', " "),
+        ))
+    }
+}
+
+impl Firewall for Nftables {
+    fn setup(
+        &mut self,
+        protected: &[(Proto, u16)],
+        default_drop: bool,
+    ) -> Result<(), FirewallError> {
+        run_nft(&ruleset(&self.table, protected, default_drop))
+    }
+
+    fn grant(
+        &mut self,
+        addr: IpAddr,
+        proto: Proto,
+        port: u16,
+        timeout: u32,
+    ) -> Result<(), FirewallError> {
+        let (set, a) = match addr {
+            IpAddr::V4(v4) => ("allowed4", v4.to_string()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ("allowed4", v4.to_string()),
+                None => ("allowed6", v6.to_string()),
+            },
+        };
+        let el = format!("{a} . {} . {port}", proto_name(proto));
+        // add (so the delete cannot fail), delete, add: one transaction that restarts the timeout.
+        let t = &self.table;
+        run_nft(&format!(
+            "add element inet {t} {set} {{ {el} timeout 1s }}\ndelete element inet {t} {set} {{ {el} }}\nadd element inet {t} {set} {{ {el} timeout {timeout}s }}\n"
+        ))
+    }
+
+    fn teardown(&mut self) -> Result<(), FirewallError> {
+        let t = &self.table;
+        run_nft(&format!("table inet {t}\ndelete table inet {t}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_drops_protected_ports_in_its_own_table() {
+        let r = ruleset(
+            "kagi",
+            &[(Proto::Tcp, 22), (Proto::Tcp, 7300), (Proto::Udp, 53)],
+            true,
+        );
+        assert!(r.starts_with("table inet kagi\ndelete table inet kagi\n"));
+        assert!(r.contains("tcp dport { 22, 7300 } drop"));
+        assert!(r.contains("udp dport { 53 } drop"));
+        assert!(r.contains("@allowed4 accept"));
+        let open = ruleset("kagi", &[(Proto::Tcp, 22)], false);
+        assert!(!open.contains("drop"));
+    }
+}
