@@ -43,6 +43,17 @@ struct SpadConfig {
     replay_cache: Option<PathBuf>,
 }
 
+/// Datagrams decided together (one fsync, one nft transaction).
+const MAX_BATCH: usize = 256;
+
+/// A datagram already queued, without waiting.
+fn recv_queued(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    sock.set_nonblocking(true)?;
+    let r = sock.recv_from(buf);
+    sock.set_nonblocking(false)?;
+    r
+}
+
 /// Decision log lines per second before further lines are counted, not printed.
 const LOG_PER_SEC: u32 = 100;
 
@@ -195,63 +206,93 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
                 dropped: 0,
             };
             let mut last_evict = Instant::now();
+            let mut replay_lines = String::new();
+            let mut decided: Vec<(IpAddr, kagi_spa::decision::Verdict)> =
+                Vec::with_capacity(MAX_BATCH);
             while !stop2.load(Ordering::Relaxed) {
-                let (n, peer) = match sock.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(e) => return Err(Fail(format!("udp receive failed: {e}"))),
-                };
-                let src = match peer.ip() {
-                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                    v4 => v4,
-                };
+                // Wait for one datagram, then take whatever else is already queued, so a burst
+                // costs one fsync and one nft transaction instead of one each per packet.
+                decided.clear();
+                replay_lines.clear();
                 let t = now();
-                let packet = &buf[..n];
-                let before = cache.len();
-                let verdict = decide(packet, src, None, t, &stanzas, policy, &mut cache);
-                if cache.len() > before {
-                    // Durable before access is granted: a kill -9 right after cannot re-open it.
-                    let d = kagi_crypto::sha256(packet);
-                    let line = format!(
-                        "{} {t}\n",
-                        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                    );
+                while decided.len() < MAX_BATCH {
+                    let got = if decided.is_empty() {
+                        sock.recv_from(&mut buf)
+                    } else {
+                        recv_queued(&sock, &mut buf)
+                    };
+                    let (n, peer) = match got {
+                        Ok(x) => x,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            break
+                        }
+                        Err(e) => return Err(Fail(format!("udp receive failed: {e}"))),
+                    };
+                    let src = match peer.ip() {
+                        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                        v4 => v4,
+                    };
+                    let packet = &buf[..n];
+                    let before = cache.len();
+                    let verdict = decide(packet, src, None, t, &stanzas, policy, &mut cache);
+                    if cache.len() > before {
+                        let d = kagi_crypto::sha256(packet);
+                        for b in d {
+                            replay_lines.push_str(&format!("{b:02x}"));
+                        }
+                        replay_lines.push_str(&format!(" {t}\n"));
+                    }
+                    decided.push((src, verdict));
+                }
+                if decided.is_empty() {
+                    continue;
+                }
+                // Durable before access is granted: a kill -9 right after cannot re-open it.
+                if !replay_lines.is_empty() {
                     if let Err(e) = replay_file
-                        .write_all(line.as_bytes())
+                        .write_all(replay_lines.as_bytes())
                         .and_then(|_| replay_file.sync_data())
                     {
-                        tracing::error!(error = %e, "cannot persist the replay cache; refusing this packet");
+                        tracing::error!(error = %e, "cannot persist the replay cache; refusing this batch");
                         continue;
                     }
                 }
-                match verdict {
-                    Ok(g) => {
-                        let mut ok = true;
-                        for (proto, port) in &g.ports {
-                            if let Err(e) = fw.grant(g.address, *proto, *port, g.timeout) {
-                                tracing::error!(error = %e, "firewall grant failed");
-                                ok = false;
-                            }
-                        }
-                        if log.allow() {
+                let grants: Vec<kagi_firewall::Access> = decided
+                    .iter()
+                    .filter_map(|(_, v)| v.as_ref().ok())
+                    .flat_map(|g| {
+                        g.ports
+                            .iter()
+                            .map(move |(p, n)| (g.address, *p, *n, g.timeout))
+                    })
+                    .collect();
+                let fw_ok = match fw.grant(&grants) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "firewall grant failed");
+                        false
+                    }
+                };
+                for (src, v) in &decided {
+                    if !log.allow() {
+                        continue;
+                    }
+                    match v {
+                        Ok(g) => {
                             let ports: Vec<String> = g
                                 .ports
                                 .iter()
                                 .map(|(p, n)| format!("{}/{n}", format!("{p:?}").to_lowercase()))
                                 .collect();
-                            tracing::info!(source = %src, stanza = %g.stanza, verdict = if ok { "accept" } else { "error" }, address = %g.address, ports = %ports.join(","), timeout = g.timeout, user = %g.username, "spa decision");
+                            tracing::info!(source = %src, stanza = %g.stanza, verdict = if fw_ok { "accept" } else { "error" }, address = %g.address, ports = %ports.join(","), timeout = g.timeout, user = %g.username, "spa decision");
                         }
-                    }
-                    Err(r) => {
-                        if log.allow() {
-                            tracing::info!(source = %src, verdict = "reject", reason = %r, "spa decision");
+                        Err(r) => {
+                            tracing::info!(source = %src, verdict = "reject", reason = %r, "spa decision")
                         }
                     }
                 }

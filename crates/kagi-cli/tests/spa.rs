@@ -349,8 +349,16 @@ fn fwknop_client_opens_kagi_spad_then_access_expires_and_replays_fail() {
         "replay after kill -9 not refused"
     );
     assert!(!net.tcp_open(&me, &srv, 7300));
-    // A clean stop removes kagi's table.
-    drop(_spad2);
+    // A clean stop (SIGTERM) removes kagi's table.
+    let _ = Command::new("kill")
+        .args(["-TERM", &_spad2.0.id().to_string()])
+        .status();
+    assert!(
+        wait_until(Duration::from_secs(5), || !tables(&net)
+            .contains("table inet kagi")),
+        "table left behind: {}",
+        tables(&net)
+    );
 }
 
 #[test]

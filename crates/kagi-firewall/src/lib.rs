@@ -26,6 +26,9 @@ pub enum FirewallError {
     Refused(String),
 }
 
+/// One grant: address, protocol, port, seconds.
+pub type Access = (IpAddr, Proto, u16, u32);
+
 /// What the daemon asks of a firewall.
 pub trait Firewall: Send {
     /// Installs kagi's table, replacing any earlier one (so a crash leaves nothing stale).
@@ -35,13 +38,7 @@ pub trait Firewall: Send {
         default_drop: bool,
     ) -> Result<(), FirewallError>;
     /// Opens `port` for `addr` for `timeout` seconds (refreshing an existing grant).
-    fn grant(
-        &mut self,
-        addr: IpAddr,
-        proto: Proto,
-        port: u16,
-        timeout: u32,
-    ) -> Result<(), FirewallError>;
+    fn grant(&mut self, grants: &[Access]) -> Result<(), FirewallError>;
     /// Removes kagi's table.
     fn teardown(&mut self) -> Result<(), FirewallError>;
 }
@@ -54,14 +51,10 @@ impl Firewall for LogOnly {
     fn setup(&mut self, _: &[(Proto, u16)], _: bool) -> Result<(), FirewallError> {
         Ok(())
     }
-    fn grant(
-        &mut self,
-        addr: IpAddr,
-        proto: Proto,
-        port: u16,
-        timeout: u32,
-    ) -> Result<(), FirewallError> {
-        tracing::info!(%addr, proto = proto_name(proto), port, timeout, "firewall none: would open");
+    fn grant(&mut self, grants: &[Access]) -> Result<(), FirewallError> {
+        for (addr, proto, port, timeout) in grants {
+            tracing::info!(%addr, proto = proto_name(*proto), port, timeout, "firewall none: would open");
+        }
         Ok(())
     }
     fn teardown(&mut self) -> Result<(), FirewallError> {
@@ -122,6 +115,26 @@ pub fn ruleset(table: &str, protected: &[(Proto, u16)], default_drop: bool) -> S
     s
 }
 
+/// The one transaction that opens `grants`. Per element: add (so the delete cannot fail),
+/// delete, add with the timeout — which restarts the timeout of an existing grant.
+pub fn grant_script(table: &str, grants: &[Access]) -> String {
+    let mut s = String::new();
+    for (addr, proto, port, timeout) in grants {
+        let (set, a) = match addr {
+            IpAddr::V4(v4) => ("allowed4", v4.to_string()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ("allowed4", v4.to_string()),
+                None => ("allowed6", v6.to_string()),
+            },
+        };
+        let el = format!("{a} . {} . {port}", proto_name(*proto));
+        s.push_str(&format!(
+            "add element inet {table} {set} {{ {el} timeout 1s }}\ndelete element inet {table} {set} {{ {el} }}\nadd element inet {table} {set} {{ {el} timeout {timeout}s }}\n"
+        ));
+    }
+    s
+}
+
 fn run_nft(script: &str) -> Result<(), FirewallError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -158,26 +171,11 @@ impl Firewall for Nftables {
         run_nft(&ruleset(&self.table, protected, default_drop))
     }
 
-    fn grant(
-        &mut self,
-        addr: IpAddr,
-        proto: Proto,
-        port: u16,
-        timeout: u32,
-    ) -> Result<(), FirewallError> {
-        let (set, a) = match addr {
-            IpAddr::V4(v4) => ("allowed4", v4.to_string()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ("allowed4", v4.to_string()),
-                None => ("allowed6", v6.to_string()),
-            },
-        };
-        let el = format!("{a} . {} . {port}", proto_name(proto));
-        // add (so the delete cannot fail), delete, add: one transaction that restarts the timeout.
-        let t = &self.table;
-        run_nft(&format!(
-            "add element inet {t} {set} {{ {el} timeout 1s }}\ndelete element inet {t} {set} {{ {el} }}\nadd element inet {t} {set} {{ {el} timeout {timeout}s }}\n"
-        ))
+    fn grant(&mut self, grants: &[Access]) -> Result<(), FirewallError> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        run_nft(&grant_script(&self.table, grants))
     }
 
     fn teardown(&mut self) -> Result<(), FirewallError> {
@@ -203,5 +201,20 @@ mod tests {
         assert!(r.contains("@allowed4 accept"));
         let open = ruleset("kagi", &[(Proto::Tcp, 22)], false);
         assert!(!open.contains("drop"));
+    }
+
+    #[test]
+    fn grants_refresh_and_pick_the_family() {
+        let g = grant_script(
+            "kagi",
+            &[
+                ("10.0.0.2".parse().unwrap(), Proto::Tcp, 22, 30),
+                ("::ffff:10.0.0.3".parse().unwrap(), Proto::Udp, 53, 5),
+                ("fd00::2".parse().unwrap(), Proto::Tcp, 22, 9),
+            ],
+        );
+        assert!(g.contains("add element inet kagi allowed4 { 10.0.0.2 . tcp . 22 timeout 30s }"));
+        assert!(g.contains("delete element inet kagi allowed4 { 10.0.0.3 . udp . 53 }"));
+        assert!(g.contains("add element inet kagi allowed6 { fd00::2 . tcp . 22 timeout 9s }"));
     }
 }
