@@ -89,6 +89,69 @@ impl LegacyHash {
     pub fn digest(self, data: &[u8]) -> Vec<u8> {
         self.digest_parts(&[data])
     }
+
+    /// `H(part_1 || ...)` into `out` without touching the heap; returns the length.
+    pub fn digest_parts_into(self, parts: &[&[u8]], out: &mut [u8; MAX_OUTPUT]) -> usize {
+        let n = self.output_len();
+        match self.aws() {
+            Some(alg) => {
+                let mut c = digest::Context::new(alg);
+                for p in parts {
+                    c.update(p);
+                }
+                out[..n].copy_from_slice(c.finish().as_ref());
+            }
+            None => {
+                let mut h = md5::Md5::new();
+                for p in parts {
+                    h.update(p);
+                }
+                out[..n].copy_from_slice(&h.finalize());
+            }
+        }
+        n
+    }
+}
+
+/// The longest digest any [`LegacyHash`] produces.
+pub const MAX_OUTPUT: usize = 64;
+const MAX_BLOCK: usize = 136;
+
+/// [`legacy_hmac`] over the concatenation of `parts`, into `out`, with no heap allocation
+/// (the SPA reject path runs this for every forged packet). Returns the tag length.
+pub fn legacy_hmac_into(
+    h: LegacyHash,
+    key: &[u8],
+    parts: &[&[u8]],
+    out: &mut [u8; MAX_OUTPUT],
+) -> usize {
+    let b = h.block_len();
+    let mut k0 = [0u8; MAX_BLOCK];
+    if key.len() > b {
+        let mut kd = [0u8; MAX_OUTPUT];
+        let n = h.digest_parts_into(&[key], &mut kd);
+        k0[..n].copy_from_slice(&kd[..n]);
+        zeroize::Zeroize::zeroize(&mut kd);
+    } else {
+        k0[..key.len()].copy_from_slice(key);
+    }
+    let mut pad = [0u8; MAX_BLOCK];
+    for i in 0..b {
+        pad[i] = k0[i] ^ 0x36;
+    }
+    let mut inner = [0u8; MAX_OUTPUT];
+    let mut all: [&[u8]; 8] = [&[]; 8];
+    all[0] = &pad[..b];
+    let np = parts.len().min(7);
+    all[1..=np].copy_from_slice(&parts[..np]);
+    let n = h.digest_parts_into(&all[..=np], &mut inner);
+    for i in 0..b {
+        pad[i] = k0[i] ^ 0x5c;
+    }
+    let len = h.digest_parts_into(&[&pad[..b], &inner[..n]], out);
+    zeroize::Zeroize::zeroize(&mut k0);
+    zeroize::Zeroize::zeroize(&mut pad);
+    len
 }
 
 /// `HMAC(K, m) = H((K0 ^ opad) || H((K0 ^ ipad) || m))` (RFC 2104), for every
@@ -212,6 +275,25 @@ mod tests {
             )
             .to_vec()
         );
+    }
+
+    #[test]
+    fn heap_free_hmac_equals_the_plain_one() {
+        for h in [
+            LegacyHash::Md5,
+            LegacyHash::Sha1,
+            LegacyHash::Sha256,
+            LegacyHash::Sha384,
+            LegacyHash::Sha512,
+            LegacyHash::Sha3_256,
+            LegacyHash::Sha3_512,
+        ] {
+            for key in [&b"k"[..], &[7u8; 200][..]] {
+                let mut out = [0u8; MAX_OUTPUT];
+                let n = legacy_hmac_into(h, key, &[b"ab", b"", b"cd"], &mut out);
+                assert_eq!(&out[..n], &legacy_hmac(h, key, b"abcd")[..], "{h:?}");
+            }
+        }
     }
 
     #[test]

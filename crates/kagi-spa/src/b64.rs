@@ -28,3 +28,8 @@ pub fn decode(s: &str) -> Option<Vec<u8>> {
 pub fn encoded_len(n: usize) -> usize {
     (n * 4).div_ceil(3)
 }
+
+/// `b64nopad(data)` into `out` without allocating; returns the length (0 if `out` is short).
+pub fn encode_into(data: &[u8], out: &mut [u8]) -> usize {
+    NOPAD.encode_slice(data, out).unwrap_or(0)
+}

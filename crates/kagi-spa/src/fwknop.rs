@@ -10,7 +10,8 @@
 //! The receiver checks the HMAC before it decrypts anything.
 
 use kagi_crypto::legacy::{
-    aes256_cbc_decrypt, aes256_cbc_encrypt, evp_bytes_to_key_md5, legacy_hmac, LegacyHash,
+    aes256_cbc_decrypt, aes256_cbc_encrypt, evp_bytes_to_key_md5, legacy_hmac, legacy_hmac_into,
+    LegacyHash, MAX_OUTPUT,
 };
 use kagi_crypto::SecretBytes;
 
@@ -127,8 +128,17 @@ pub fn open(packet: &str, keys: &StanzaKeys) -> Result<Opened, SpaError> {
                 return Err(SpaError::BadHmac);
             }
             let (body, tag) = packet.split_at(packet.len() - tag_len);
-            let want = hmac_b64(*h, hk.expose(), body);
-            if !kagi_crypto::ct_eq(want.as_bytes(), tag.as_bytes()) {
+            // Heap-free: a forged packet costs two hashes and a compare, nothing more.
+            let mut mac = [0u8; MAX_OUTPUT];
+            let n = legacy_hmac_into(
+                *h,
+                hk.expose(),
+                &[SALTED_PREFIX.as_bytes(), body.as_bytes()],
+                &mut mac,
+            );
+            let mut want = [0u8; 96];
+            let w = b64::encode_into(&mac[..n], &mut want);
+            if !kagi_crypto::ct_eq(&want[..w], tag.as_bytes()) {
                 return Err(SpaError::BadHmac);
             }
             body
