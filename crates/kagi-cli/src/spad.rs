@@ -5,8 +5,6 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kagi_firewall::{Firewall, LogOnly, Nftables};
@@ -46,13 +44,8 @@ struct SpadConfig {
 /// Datagrams decided together (one fsync, one nft transaction).
 const MAX_BATCH: usize = 256;
 
-/// A datagram already queued, without waiting.
-fn recv_queued(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-    sock.set_nonblocking(true)?;
-    let r = sock.recv_from(buf);
-    sock.set_nonblocking(false)?;
-    r
-}
+/// Receive queue requested from the kernel (capped by net.core.rmem_max).
+const RECV_BUFFER: usize = 8 << 20;
 
 /// Decision log lines per second before further lines are counted, not printed.
 const LOG_PER_SEC: u32 = 100;
@@ -174,9 +167,12 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
         .listen
         .or(cfg.listen)
         .unwrap_or_else(|| SocketAddr::from(([0u16; 8], 62201)));
-    let sock =
+    let std_sock =
         UdpSocket::bind(listen).map_err(|e| Fail(format!("cannot listen on udp {listen}: {e}")))?;
-    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // A deep queue absorbs bursts (fwknopd keeps the 208 KiB default and drops them).
+    let _ = socket2::SockRef::from(&std_sock).set_recv_buffer_size(RECV_BUFFER);
+    std_sock.set_nonblocking(true)?;
+    let sock = tokio::net::UdpSocket::from_std(std_sock)?;
     let mut fw: Box<dyn Firewall> = if a.firewall == "none" {
         Box::new(LogOnly)
     } else {
@@ -192,129 +188,112 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
         .map_err(|e| Fail(e.to_string()))?;
     tracing::info!(%listen, stanzas = stanzas.len(), firewall = %a.firewall, replay_entries = cache.len(), "kagi spad listening");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let mut worker = tokio::task::spawn_blocking(move || {
-        let mut serve = || -> Result<(), Fail> {
-            let policy = DaemonPolicy {
-                max_age: Some(max_age),
+    let policy = DaemonPolicy {
+        max_age: Some(max_age),
+    };
+    let mut buf = [0u8; 1536];
+    let mut log = LogLimiter {
+        window: Instant::now(),
+        n: 0,
+        dropped: 0,
+    };
+    let mut last_evict = Instant::now();
+    let mut replay_lines = String::new();
+    let mut decided: Vec<(IpAddr, kagi_spa::decision::Verdict)> = Vec::with_capacity(MAX_BATCH);
+    let shutdown = crate::server_cmd::shutdown_signal();
+    tokio::pin!(shutdown);
+    let result: Result<(), Fail> = loop {
+        // Wait for one datagram, then take whatever else is already queued, so a burst costs
+        // one fsync and one nft transaction instead of one each per packet.
+        let first = tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            r = sock.recv_from(&mut buf) => r,
+        };
+        decided.clear();
+        replay_lines.clear();
+        let t = now();
+        let mut next = first;
+        loop {
+            let (n, peer) = match next {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "udp receive failed");
+                    break;
+                }
             };
-            let mut buf = [0u8; 1536];
-            let mut log = LogLimiter {
-                window: Instant::now(),
-                n: 0,
-                dropped: 0,
+            let src = match peer.ip() {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                v4 => v4,
             };
-            let mut last_evict = Instant::now();
-            let mut replay_lines = String::new();
-            let mut decided: Vec<(IpAddr, kagi_spa::decision::Verdict)> =
-                Vec::with_capacity(MAX_BATCH);
-            while !stop2.load(Ordering::Relaxed) {
-                // Wait for one datagram, then take whatever else is already queued, so a burst
-                // costs one fsync and one nft transaction instead of one each per packet.
-                decided.clear();
-                replay_lines.clear();
-                let t = now();
-                while decided.len() < MAX_BATCH {
-                    let got = if decided.is_empty() {
-                        sock.recv_from(&mut buf)
-                    } else {
-                        recv_queued(&sock, &mut buf)
-                    };
-                    let (n, peer) = match got {
-                        Ok(x) => x,
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            break
-                        }
-                        Err(e) => return Err(Fail(format!("udp receive failed: {e}"))),
-                    };
-                    let src = match peer.ip() {
-                        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                        v4 => v4,
-                    };
-                    let packet = &buf[..n];
-                    let before = cache.len();
-                    let verdict = decide(packet, src, None, t, &stanzas, policy, &mut cache);
-                    if cache.len() > before {
-                        let d = kagi_crypto::sha256(packet);
-                        for b in d {
-                            replay_lines.push_str(&format!("{b:02x}"));
-                        }
-                        replay_lines.push_str(&format!(" {t}\n"));
-                    }
-                    decided.push((src, verdict));
+            let packet = &buf[..n];
+            let before = cache.len();
+            let verdict = decide(packet, src, None, t, &stanzas, policy, &mut cache);
+            if cache.len() > before {
+                for b in kagi_crypto::sha256(packet) {
+                    replay_lines.push_str(&format!("{b:02x}"));
                 }
-                if decided.is_empty() {
-                    continue;
-                }
-                // Durable before access is granted: a kill -9 right after cannot re-open it.
-                if !replay_lines.is_empty() {
-                    if let Err(e) = replay_file
-                        .write_all(replay_lines.as_bytes())
-                        .and_then(|_| replay_file.sync_data())
-                    {
-                        tracing::error!(error = %e, "cannot persist the replay cache; refusing this batch");
-                        continue;
-                    }
-                }
-                let grants: Vec<kagi_firewall::Access> = decided
+                replay_lines.push_str(&format!(" {t}\n"));
+            }
+            decided.push((src, verdict));
+            if decided.len() >= MAX_BATCH {
+                break;
+            }
+            next = sock.try_recv_from(&mut buf);
+        }
+        if decided.is_empty() {
+            continue;
+        }
+        // Durable before access is granted: a kill -9 right after cannot re-open it.
+        if !replay_lines.is_empty() {
+            if let Err(e) = replay_file
+                .write_all(replay_lines.as_bytes())
+                .and_then(|_| replay_file.sync_data())
+            {
+                tracing::error!(error = %e, "cannot persist the replay cache; refusing this batch");
+                continue;
+            }
+        }
+        let grants: Vec<kagi_firewall::Access> = decided
+            .iter()
+            .filter_map(|(_, v)| v.as_ref().ok())
+            .flat_map(|g| {
+                g.ports
                     .iter()
-                    .filter_map(|(_, v)| v.as_ref().ok())
-                    .flat_map(|g| {
-                        g.ports
-                            .iter()
-                            .map(move |(p, n)| (g.address, *p, *n, g.timeout))
-                    })
-                    .collect();
-                let fw_ok = match fw.grant(&grants) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(error = %e, "firewall grant failed");
-                        false
-                    }
-                };
-                for (src, v) in &decided {
-                    if !log.allow() {
-                        continue;
-                    }
-                    match v {
-                        Ok(g) => {
-                            let ports: Vec<String> = g
-                                .ports
-                                .iter()
-                                .map(|(p, n)| format!("{}/{n}", format!("{p:?}").to_lowercase()))
-                                .collect();
-                            tracing::info!(source = %src, stanza = %g.stanza, verdict = if fw_ok { "accept" } else { "error" }, address = %g.address, ports = %ports.join(","), timeout = g.timeout, user = %g.username, "spa decision");
-                        }
-                        Err(r) => {
-                            tracing::info!(source = %src, verdict = "reject", reason = %r, "spa decision")
-                        }
-                    }
+                    .map(move |(p, n)| (g.address, *p, *n, g.timeout))
+            })
+            .collect();
+        let fw_ok = match fw.grant(&grants) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "firewall grant failed");
+                false
+            }
+        };
+        for (src, v) in &decided {
+            if !log.allow() {
+                continue;
+            }
+            match v {
+                Ok(g) => {
+                    let ports: Vec<String> = g
+                        .ports
+                        .iter()
+                        .map(|(p, n)| format!("{}/{n}", format!("{p:?}").to_lowercase()))
+                        .collect();
+                    tracing::info!(source = %src, stanza = %g.stanza, verdict = if fw_ok { "accept" } else { "error" }, address = %g.address, ports = %ports.join(","), timeout = g.timeout, user = %g.username, "spa decision");
                 }
-                if last_evict.elapsed() >= Duration::from_secs(60) {
-                    cache.evict(t, max_age);
-                    last_evict = Instant::now();
+                Err(r) => {
+                    tracing::info!(source = %src, verdict = "reject", reason = %r, "spa decision")
                 }
             }
-            Ok(())
-        };
-        let r = serve();
-        (r, fw)
-    });
-    let joined = tokio::select! {
-        _ = crate::server_cmd::shutdown_signal() => {
-            stop.store(true, Ordering::Relaxed);
-            worker.await
         }
-        done = &mut worker => done,
+        if last_evict.elapsed() >= Duration::from_secs(60) {
+            cache.evict(t, max_age);
+            last_evict = Instant::now();
+        }
     };
-    let (r, mut fw) = joined.map_err(|_| Fail("the spad worker panicked".into()))?;
     fw.teardown().map_err(|e| Fail(e.to_string()))?;
     tracing::info!("kagi spad stopped; its nftables table is removed");
-    r
+    result
 }

@@ -95,10 +95,6 @@ pub fn decide(
     if candidates.peek().is_none() {
         return Err(Refusal::NoStanza);
     }
-    let digest = kagi_crypto::sha256(packet);
-    if replay.contains(&digest) {
-        return Err(Refusal::Replay);
-    }
     let mut last = Refusal::StanzaExpired;
     for st in candidates {
         if st.access_expire.is_some_and(|e| now >= e) {
@@ -111,8 +107,12 @@ pub fn decide(
                 continue;
             }
         };
-        // As fwknopd: recorded once it opens, before any later check can refuse it.
-        replay.insert(digest, now);
+        // Only packets that pass an HMAC are hashed for the replay cache, so a flood of
+        // garbage costs one HMAC each and nothing more. As fwknopd, an opened packet is
+        // recorded before any later check can refuse it.
+        if !replay.insert(kagi_crypto::sha256(packet), now) {
+            return Err(Refusal::Replay);
+        }
         let m = opened.message;
         if let Some(max) = policy.max_age {
             let ts = m.timestamp as i64;
