@@ -141,7 +141,8 @@ fn parse_ports(v: &str) -> Result<Vec<(Proto, u16)>, String> {
         .map_err(|_| format!("{v:?} is not a list of proto/port (e.g. tcp/22, udp/53)"))
 }
 
-fn parse_digest(v: &str) -> Result<LegacyHash, String> {
+/// An `HMAC_DIGEST_TYPE` value (`md5` .. `sha3_512`, any case).
+pub fn parse_digest(v: &str) -> Result<LegacyHash, String> {
     Ok(match v.to_ascii_lowercase().as_str() {
         "md5" => LegacyHash::Md5,
         "sha1" => LegacyHash::Sha1,

@@ -64,47 +64,18 @@ impl MessageType {
     }
 }
 
-/// The inner digest type, inferred from its base64 length when decoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DigestType {
-    /// 22 characters.
-    Md5,
-    /// 27.
-    Sha1,
-    /// 43 (the default).
-    Sha256,
-    /// 64.
-    Sha384,
-    /// 86.
-    Sha512,
-    /// 43, tried after SHA-256.
-    Sha3_256,
-    /// 86, tried after SHA-512.
-    Sha3_512,
-}
+/// The inner digest type (fwknop's `-m`), inferred from its base64 length when decoding.
+pub use kagi_crypto::legacy::LegacyHash as DigestType;
 
-impl DigestType {
-    /// The hash behind it.
-    pub fn hash(self) -> LegacyHash {
-        match self {
-            Self::Md5 => LegacyHash::Md5,
-            Self::Sha1 => LegacyHash::Sha1,
-            Self::Sha256 => LegacyHash::Sha256,
-            Self::Sha384 => LegacyHash::Sha384,
-            Self::Sha512 => LegacyHash::Sha512,
-            Self::Sha3_256 => LegacyHash::Sha3_256,
-            Self::Sha3_512 => LegacyHash::Sha3_512,
-        }
-    }
-    fn candidates(len: usize) -> &'static [DigestType] {
-        match len {
-            22 => &[Self::Md5],
-            27 => &[Self::Sha1],
-            43 => &[Self::Sha256, Self::Sha3_256],
-            64 => &[Self::Sha384],
-            86 => &[Self::Sha512, Self::Sha3_512],
-            _ => &[],
-        }
+/// Digest types whose base64 has `len` characters, in the order fwknopd tries them.
+fn digest_candidates(len: usize) -> &'static [DigestType] {
+    match len {
+        22 => &[DigestType::Md5],
+        27 => &[DigestType::Sha1],
+        43 => &[DigestType::Sha256, DigestType::Sha3_256],
+        64 => &[DigestType::Sha384],
+        86 => &[DigestType::Sha512, DigestType::Sha3_512],
+        _ => &[],
     }
 }
 
@@ -256,7 +227,7 @@ impl SpaMessage {
     /// `E:b64nopad(H(E))`: the plaintext that gets encrypted.
     pub fn encode(&self, digest: DigestType) -> String {
         let e = self.encode_fields();
-        let d = b64::encode(&digest.hash().digest(e.as_bytes()));
+        let d = b64::encode(&digest.digest(e.as_bytes()));
         format!("{e}:{d}")
     }
 
@@ -270,7 +241,7 @@ impl SpaMessage {
             return Err(SpaError::FieldCount);
         }
         let (e, digest) = plaintext.rsplit_once(':').ok_or(SpaError::FieldCount)?;
-        let cands = DigestType::candidates(digest.len());
+        let cands = digest_candidates(digest.len());
         if cands.is_empty() {
             return Err(SpaError::DigestLength);
         }
@@ -279,7 +250,7 @@ impl SpaMessage {
             .copied()
             .find(|d| {
                 kagi_crypto::ct_eq(
-                    b64::encode(&d.hash().digest(e.as_bytes())).as_bytes(),
+                    b64::encode(&d.digest(e.as_bytes())).as_bytes(),
                     digest.as_bytes(),
                 )
             })

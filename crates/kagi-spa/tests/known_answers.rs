@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use base64::Engine;
-use kagi_crypto::legacy::LegacyHash;
 use kagi_crypto::SecretBytes;
 use kagi_spa::fwknop::{open, seal, StanzaKeys};
 use kagi_spa::AccessSpec;
@@ -29,19 +28,6 @@ fn key(kind: &str, value: &str) -> SecretBytes {
     }
 }
 
-fn hash(name: &str) -> LegacyHash {
-    match name {
-        "md5" => LegacyHash::Md5,
-        "sha1" => LegacyHash::Sha1,
-        "sha256" => LegacyHash::Sha256,
-        "sha384" => LegacyHash::Sha384,
-        "sha512" => LegacyHash::Sha512,
-        "sha3_256" => LegacyHash::Sha3_256,
-        "sha3_512" => LegacyHash::Sha3_512,
-        other => panic!("unknown digest {other}"),
-    }
-}
-
 #[test]
 fn fwknop_known_answer_packets() {
     let Some(text) = vectors() else {
@@ -61,7 +47,10 @@ fn fwknop_known_answer_packets() {
             enc_key: key(f[col("enc_key_kind")], f[col("enc_key")]),
             hmac: match f[col("hmac_key_kind")] {
                 "none" => None,
-                kind => Some((hash(f[col("hmac_digest")]), key(kind, f[col("hmac_key")]))),
+                kind => Some((
+                    kagi_spa::access_conf::parse_digest(f[col("hmac_digest")]).unwrap(),
+                    key(kind, f[col("hmac_key")]),
+                )),
             },
             legacy_iv: f[col("encryption_mode")] == "legacy",
         };
