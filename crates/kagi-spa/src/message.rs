@@ -3,8 +3,6 @@
 
 use std::net::Ipv4Addr;
 
-use kagi_crypto::legacy::LegacyHash;
-
 use crate::{b64, SpaError};
 
 /// fwknop message types (`fko_message_type_t`).
