@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs, UdpSocket};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use clap::Subcommand;
-use kagi_crypto::legacy::LegacyHash;
+use kagi_crypto::legacy::{HmacKey, LegacyHash};
 use kagi_crypto::SecretBytes;
 use kagi_spa::access_conf::{SourceMatch, Stanza};
 use kagi_spa::decision::{decide, DaemonPolicy};
@@ -145,7 +145,7 @@ pub fn knock(a: KnockArgs) -> Result<(), Fail> {
     };
     let keys = StanzaKeys {
         enc_key: enc,
-        hmac: Some((LegacyHash::Sha256, hmac)),
+        hmac: Some(HmacKey::new(LegacyHash::Sha256, hmac.expose())),
         legacy_iv: false,
     };
     let packet = seal(&msg, DigestType::Sha256, &keys, kagi_crypto::random_array())

@@ -117,58 +117,101 @@ impl LegacyHash {
 pub const MAX_OUTPUT: usize = 64;
 const MAX_BLOCK: usize = 136;
 
-/// [`legacy_hmac`] over the concatenation of `parts`, into `out`, with no heap allocation
-/// (the SPA reject path runs this for every forged packet). Returns the tag length.
-pub fn legacy_hmac_into(
-    h: LegacyHash,
-    key: &[u8],
-    parts: &[&[u8]],
-    out: &mut [u8; MAX_OUTPUT],
-) -> usize {
-    let b = h.block_len();
-    let mut k0 = [0u8; MAX_BLOCK];
-    if key.len() > b {
-        let mut kd = [0u8; MAX_OUTPUT];
-        let n = h.digest_parts_into(&[key], &mut kd);
-        k0[..n].copy_from_slice(&kd[..n]);
-        zeroize::Zeroize::zeroize(&mut kd);
-    } else {
-        k0[..key.len()].copy_from_slice(key);
-    }
-    let mut pad = [0u8; MAX_BLOCK];
-    for i in 0..b {
-        pad[i] = k0[i] ^ 0x36;
-    }
-    let mut inner = [0u8; MAX_OUTPUT];
-    let mut all: [&[u8]; 8] = [&[]; 8];
-    all[0] = &pad[..b];
-    let np = parts.len().min(7);
-    all[1..=np].copy_from_slice(&parts[..np]);
-    let n = h.digest_parts_into(&all[..=np], &mut inner);
-    for i in 0..b {
-        pad[i] = k0[i] ^ 0x5c;
-    }
-    let len = h.digest_parts_into(&[&pad[..b], &inner[..n]], out);
-    zeroize::Zeroize::zeroize(&mut k0);
-    zeroize::Zeroize::zeroize(&mut pad);
-    len
+#[derive(Clone)]
+enum HashCtx {
+    Aws(digest::Context),
+    Md5(md5::Md5),
 }
 
-/// `HMAC(K, m) = H((K0 ^ opad) || H((K0 ^ ipad) || m))` (RFC 2104), for every
-/// [`LegacyHash`]; keys longer than the block are hashed first.
-pub fn legacy_hmac(h: LegacyHash, key: &[u8], msg: &[u8]) -> Vec<u8> {
-    let b = h.block_len();
-    let mut k0 = if key.len() > b {
-        h.digest(key)
-    } else {
-        key.to_vec()
-    };
-    k0.resize(b, 0);
-    let ipad: Vec<u8> = k0.iter().map(|x| x ^ 0x36).collect();
-    let opad: Vec<u8> = k0.iter().map(|x| x ^ 0x5c).collect();
-    zeroize::Zeroize::zeroize(&mut k0);
-    let inner = h.digest_parts(&[&ipad, msg]);
-    h.digest_parts(&[&opad, &inner])
+impl HashCtx {
+    fn new(h: LegacyHash) -> Self {
+        match h.aws() {
+            Some(alg) => Self::Aws(digest::Context::new(alg)),
+            None => Self::Md5(md5::Md5::new()),
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Self::Aws(c) => c.update(data),
+            Self::Md5(c) => c.update(data),
+        }
+    }
+    fn finish_into(self, out: &mut [u8; MAX_OUTPUT]) -> usize {
+        match self {
+            Self::Aws(c) => {
+                let d = c.finish();
+                out[..d.as_ref().len()].copy_from_slice(d.as_ref());
+                d.as_ref().len()
+            }
+            Self::Md5(c) => {
+                out[..16].copy_from_slice(&c.finalize());
+                16
+            }
+        }
+    }
+}
+
+/// An HMAC key with its inner and outer pad blocks absorbed once, so each message costs only
+/// its own hashing (the SPA daemon checks one per datagram, forged or not).
+#[derive(Clone)]
+pub struct HmacKey {
+    hash: LegacyHash,
+    inner: HashCtx,
+    outer: HashCtx,
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HmacKey({:?}, [redacted])", self.hash)
+    }
+}
+
+impl HmacKey {
+    /// RFC 2104 key preparation for `hash`.
+    pub fn new(hash: LegacyHash, key: &[u8]) -> Self {
+        let b = hash.block_len();
+        let mut k0 = [0u8; MAX_BLOCK];
+        if key.len() > b {
+            let mut kd = [0u8; MAX_OUTPUT];
+            let n = hash.digest_parts_into(&[key], &mut kd);
+            k0[..n].copy_from_slice(&kd[..n]);
+            zeroize::Zeroize::zeroize(&mut kd);
+        } else {
+            k0[..key.len()].copy_from_slice(key);
+        }
+        let mut pad = [0u8; MAX_BLOCK];
+        let mut inner = HashCtx::new(hash);
+        for i in 0..b {
+            pad[i] = k0[i] ^ 0x36;
+        }
+        inner.update(&pad[..b]);
+        let mut outer = HashCtx::new(hash);
+        for i in 0..b {
+            pad[i] = k0[i] ^ 0x5c;
+        }
+        outer.update(&pad[..b]);
+        zeroize::Zeroize::zeroize(&mut k0);
+        zeroize::Zeroize::zeroize(&mut pad);
+        Self { hash, inner, outer }
+    }
+
+    /// The hash it uses.
+    pub fn hash(&self) -> LegacyHash {
+        self.hash
+    }
+
+    /// `HMAC(K, part_1 || ...)` into `out` without touching the Rust heap; returns the length.
+    pub fn sign_into(&self, parts: &[&[u8]], out: &mut [u8; MAX_OUTPUT]) -> usize {
+        let mut i = self.inner.clone();
+        for p in parts {
+            i.update(p);
+        }
+        let mut inner = [0u8; MAX_OUTPUT];
+        let n = i.finish_into(&mut inner);
+        let mut o = self.outer.clone();
+        o.update(&inner[..n]);
+        o.finish_into(out)
+    }
 }
 
 /// OpenSSL `EVP_BytesToKey(AES-256-CBC, MD5, salt, pass, count = 1)`:
@@ -278,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn heap_free_hmac_equals_the_plain_one() {
+    fn prepared_key_equals_the_plain_hmac() {
         for h in [
             LegacyHash::Md5,
             LegacyHash::Sha1,
@@ -289,9 +332,11 @@ mod tests {
             LegacyHash::Sha3_512,
         ] {
             for key in [&b"k"[..], &[7u8; 200][..]] {
+                let k = HmacKey::new(h, key);
                 let mut out = [0u8; MAX_OUTPUT];
-                let n = legacy_hmac_into(h, key, &[b"ab", b"", b"cd"], &mut out);
+                let n = k.sign_into(&[b"ab", b"cd"], &mut out);
                 assert_eq!(&out[..n], &legacy_hmac(h, key, b"abcd")[..], "{h:?}");
+                assert!(!format!("{k:?}").contains("7, 7"));
             }
         }
     }

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use kagi_crypto::legacy::LegacyHash;
+use kagi_crypto::legacy::{HmacKey, LegacyHash};
 use kagi_crypto::SecretBytes;
 
 use crate::fwknop::StanzaKeys;
@@ -182,12 +182,10 @@ fn finish(d: Draft, file: &str) -> Result<Stanza, ConfError> {
     if d.hmac_key.as_deref() == Some(&key[..]) {
         return Err(err("KEY and HMAC_KEY must not be identical"));
     }
-    let hmac = d.hmac_key.clone().map(|k| {
-        (
-            d.hmac_digest.unwrap_or(LegacyHash::Sha256),
-            SecretBytes::new(k),
-        )
-    });
+    let hmac = d
+        .hmac_key
+        .as_deref()
+        .map(|k| HmacKey::new(d.hmac_digest.unwrap_or(LegacyHash::Sha256), k));
     Ok(Stanza {
         origin: d.origin,
         sources: d.sources,
@@ -368,7 +366,7 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].open_ports, vec![(Proto::Tcp, 22), (Proto::Udp, 53)]);
         assert_eq!(s[0].keys.enc_key.len(), 32);
-        assert_eq!(s[0].keys.hmac.as_ref().unwrap().0, LegacyHash::Sha256);
+        assert_eq!(s[0].keys.hmac.as_ref().unwrap().hash(), LegacyHash::Sha256);
         assert!(s[0].matches("10.1.1.1".parse().unwrap(), None));
     }
 

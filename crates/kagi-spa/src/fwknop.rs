@@ -10,8 +10,7 @@
 //! The receiver checks the HMAC before it decrypts anything.
 
 use kagi_crypto::legacy::{
-    aes256_cbc_decrypt, aes256_cbc_encrypt, evp_bytes_to_key_md5, legacy_hmac, legacy_hmac_into,
-    LegacyHash, MAX_OUTPUT,
+    aes256_cbc_decrypt, aes256_cbc_encrypt, evp_bytes_to_key_md5, HmacKey, MAX_OUTPUT,
 };
 use kagi_crypto::SecretBytes;
 
@@ -31,7 +30,7 @@ pub struct StanzaKeys {
     /// `KEY` text or decoded `KEY_BASE64` bytes (at most 32).
     pub enc_key: SecretBytes,
     /// `HMAC_KEY`/`HMAC_KEY_BASE64` with `HMAC_DIGEST_TYPE`; None = no HMAC (legacy stanzas).
-    pub hmac: Option<(LegacyHash, SecretBytes)>,
+    pub hmac: Option<HmacKey>,
     /// `ENCRYPTION_MODE legacy`: the password is padded with '0' (or cut) to 16 bytes.
     pub legacy_iv: bool,
 }
@@ -52,11 +51,11 @@ impl StanzaKeys {
     }
 }
 
-fn hmac_b64(h: LegacyHash, key: &[u8], t_without_prefix: &str) -> String {
-    let mut msg = Vec::with_capacity(SALTED_PREFIX.len() + t_without_prefix.len());
-    msg.extend_from_slice(SALTED_PREFIX.as_bytes());
-    msg.extend_from_slice(t_without_prefix.as_bytes());
-    b64::encode(&legacy_hmac(h, key, &msg))
+/// `b64nopad(HMAC(key, "U2FsdGVkX1" || body))` into `out` without allocating; returns its length.
+fn hmac_b64_into(key: &HmacKey, body: &str, out: &mut [u8; 96]) -> usize {
+    let mut mac = [0u8; MAX_OUTPUT];
+    let n = key.sign_into(&[SALTED_PREFIX.as_bytes(), body.as_bytes()], &mut mac);
+    b64::encode_into(&mac[..n], out)
 }
 
 /// Builds the wire packet for `msg` with inner digest `digest`; `salt` is the caller's
@@ -81,8 +80,10 @@ pub fn seal(
     let t = b64::encode(&c);
     let body = &t[SALTED_PREFIX.len()..];
     let mut wire = body.to_string();
-    if let Some((h, hk)) = &keys.hmac {
-        wire.push_str(&hmac_b64(*h, hk.expose(), body));
+    if let Some(hk) = &keys.hmac {
+        let mut tag = [0u8; 96];
+        let n = hmac_b64_into(hk, body, &mut tag);
+        wire.push_str(std::str::from_utf8(&tag[..n]).unwrap_or_default());
     }
     Ok(wire)
 }
@@ -122,22 +123,15 @@ pub struct Opened {
 pub fn open(packet: &str, keys: &StanzaKeys) -> Result<Opened, SpaError> {
     precheck(packet.as_bytes())?;
     let body = match &keys.hmac {
-        Some((h, hk)) => {
-            let tag_len = b64::encoded_len(h.output_len());
+        Some(hk) => {
+            let tag_len = b64::encoded_len(hk.hash().output_len());
             if packet.len() <= tag_len {
                 return Err(SpaError::BadHmac);
             }
             let (body, tag) = packet.split_at(packet.len() - tag_len);
-            // Heap-free: a forged packet costs two hashes and a compare, nothing more.
-            let mut mac = [0u8; MAX_OUTPUT];
-            let n = legacy_hmac_into(
-                *h,
-                hk.expose(),
-                &[SALTED_PREFIX.as_bytes(), body.as_bytes()],
-                &mut mac,
-            );
+            // Heap-free: a forged packet costs its own hashing and a compare, nothing more.
             let mut want = [0u8; 96];
-            let w = b64::encode_into(&mac[..n], &mut want);
+            let w = hmac_b64_into(hk, body, &mut want);
             if !kagi_crypto::ct_eq(&want[..w], tag.as_bytes()) {
                 return Err(SpaError::BadHmac);
             }
@@ -203,7 +197,7 @@ mod tests {
     fn opens_the_reference_packet() {
         let keys = StanzaKeys {
             enc_key: SecretBytes::new(b64std("xDWzdLe/30u5ikFu0pXsNUnZFeB7to/lp3TsXxVtXbQ=")),
-            hmac: Some((LegacyHash::Sha256, SecretBytes::new(b64std("GuELZ8vj7xq1uHCZ6ULI2tLy2S6GkQaGLiE9kscYfDmQDLWBHtDS/TBt+z1mzRbko9Xvkc694b3MITxrAYtPiQ==")))),
+            hmac: Some(HmacKey::new(kagi_crypto::legacy::LegacyHash::Sha256, &b64std("GuELZ8vj7xq1uHCZ6ULI2tLy2S6GkQaGLiE9kscYfDmQDLWBHtDS/TBt+z1mzRbko9Xvkc694b3MITxrAYtPiQ=="))),
             legacy_iv: false,
         };
         let pkt = "+NXXf1VXRuuNGUPMVmMB/n9xFxctDXigDj+5+rxAqiNfvGPfd8VdkBaOlXHBOcMzoaSWe8n3MECOJJ23MDUi80W/wWOna03BTIorQa/abxFd0hACWWy3utdyqS06lYbT6bs5BaP01lp1bD9hqrvrm78EbJzMDEs5cYLbtiTx/NRzzL/jcSlNQ0twpHwTJPsKaKkFqfunFrtQ";

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use base64::Engine;
+use kagi_crypto::legacy::HmacKey;
 use kagi_crypto::SecretBytes;
 use kagi_spa::fwknop::{open, seal, StanzaKeys};
 use kagi_spa::AccessSpec;
@@ -47,9 +48,9 @@ fn fwknop_known_answer_packets() {
             enc_key: key(f[col("enc_key_kind")], f[col("enc_key")]),
             hmac: match f[col("hmac_key_kind")] {
                 "none" => None,
-                kind => Some((
+                kind => Some(HmacKey::new(
                     kagi_spa::access_conf::parse_digest(f[col("hmac_digest")]).unwrap(),
-                    key(kind, f[col("hmac_key")]),
+                    key(kind, f[col("hmac_key")]).expose(),
                 )),
             },
             legacy_iv: f[col("encryption_mode")] == "legacy",
