@@ -5,6 +5,7 @@
 mod admin;
 mod audit_cmd;
 mod datakey;
+mod envelope_cmd;
 mod keys;
 mod output;
 mod server_cmd;
@@ -86,6 +87,10 @@ enum Cmd {
     /// Read, export and verify the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Envelope-encrypt a file or pipe under a key (the data key is wiped after use).
+    Encrypt(envelope_cmd::EncryptArgs),
+    /// Decrypt an envelope file (output appears only if the whole file authenticates).
+    Decrypt(envelope_cmd::DecryptArgs),
     /// Single Packet Authorization client tools (fwknop-compatible).
     #[command(subcommand)]
     Spa(spa_cmd::SpaCmd),
@@ -112,6 +117,8 @@ fn main() {
             Cmd::Policy(c) => admin::policy(&cli.conn, c).await,
             Cmd::Token(c) => admin::token(&cli.conn, c).await,
             Cmd::Audit(c) => audit_cmd::run(&cli.conn, c).await,
+            Cmd::Encrypt(a) => envelope_cmd::encrypt(&cli.conn, a).await,
+            Cmd::Decrypt(a) => envelope_cmd::decrypt(&cli.conn, a).await,
             Cmd::Spa(c) => spa_cmd::run(c),
             Cmd::Spad(a) => spad::run(a).await,
         }

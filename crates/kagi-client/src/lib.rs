@@ -8,6 +8,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod envelope;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -111,6 +111,38 @@ impl EncryptionContext {
         v
     }
 
+    /// Parses the canonical form back (as stored in envelope headers); refuses anything that
+    /// is not exactly canonical (order, duplicates, trailing bytes, limits).
+    pub fn from_canonical(bytes: &[u8]) -> Result<Self, KeyModelError> {
+        let bad =
+            |m: &str| KeyModelError::InvalidContext(format!("canonical form is damaged: {m}"));
+        let mut p = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], KeyModelError> {
+            let s = bytes.get(p..p + n).ok_or_else(|| bad("truncated"))?;
+            p += n;
+            Ok(s)
+        };
+        let u16_at = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]) as usize;
+        let count = u16_at(take(2)?);
+        let mut map = BTreeMap::new();
+        let mut last: Option<String> = None;
+        for _ in 0..count {
+            let kl = u16_at(take(2)?);
+            let k = String::from_utf8(take(kl)?.to_vec()).map_err(|_| bad("key is not UTF-8"))?;
+            let vl = u16_at(take(2)?);
+            let v = String::from_utf8(take(vl)?.to_vec()).map_err(|_| bad("value is not UTF-8"))?;
+            if last.as_ref().is_some_and(|l| *l >= k) {
+                return Err(bad("keys out of order or repeated"));
+            }
+            last = Some(k.clone());
+            map.insert(k, v);
+        }
+        if take(0).is_ok() && p != bytes.len() {
+            return Err(bad("trailing bytes"));
+        }
+        Self::new(map)
+    }
+
     /// True when every pair of `required` is present here with the same value.
     pub fn contains_all(&self, required: &EncryptionContext) -> bool {
         required.0.iter().all(|(k, v)| self.0.get(k) == Some(v))
@@ -131,6 +163,28 @@ mod tests {
             vec![0, 2, 0, 1, b'a', 0, 1, b'1', 0, 1, b'b', 0, 1, b'2']
         );
         assert_eq!(EncryptionContext::empty().canonical(), vec![0, 0]);
+    }
+
+    #[test]
+    fn canonical_round_trip_and_damage() {
+        let c = EncryptionContext::from_kv_args(&["b=2", "a=1", "z="]).unwrap();
+        assert_eq!(
+            EncryptionContext::from_canonical(&c.canonical()).unwrap(),
+            c
+        );
+        assert_eq!(
+            EncryptionContext::from_canonical(&[0, 0]).unwrap(),
+            EncryptionContext::empty()
+        );
+        let mut extra = c.canonical();
+        extra.push(0);
+        assert!(EncryptionContext::from_canonical(&extra).is_err());
+        let bytes = c.canonical();
+        assert!(EncryptionContext::from_canonical(&bytes[..bytes.len() - 1]).is_err());
+        // Out of order: b before a.
+        let swapped = vec![0, 2, 0, 1, b'b', 0, 1, b'2', 0, 1, b'a', 0, 1, b'1'];
+        assert!(EncryptionContext::from_canonical(&swapped).is_err());
+        assert!(EncryptionContext::from_canonical(&[]).is_err());
     }
 
     #[test]
