@@ -131,7 +131,7 @@ pub fn knock(a: KnockArgs) -> Result<(), Fail> {
     let msg = SpaMessage {
         rand: random_digits(),
         username: username(),
-        timestamp: jiff_now(),
+        timestamp: unix_now(),
         version: "3.0.0".into(),
         msg_type: if timeout.is_some() {
             MessageType::ClientTimeoutAccess
@@ -174,7 +174,8 @@ pub fn knock(a: KnockArgs) -> Result<(), Fail> {
     Ok(())
 }
 
-fn jiff_now() -> u64 {
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -244,7 +245,7 @@ pub fn run(cmd: SpaCmd) -> Result<(), Fail> {
                 max_age: if no_packet_aging { None } else { Some(120) },
             };
             let mut cache = ReplayCache::new();
-            let now = jiff_now() as i64;
+            let now = unix_now() as i64;
             let mut accepted = 0;
             for (i, p) in packets.iter().enumerate() {
                 let v = decide(p.as_bytes(), src, None, now, &stanzas, policy, &mut cache);
@@ -252,7 +253,7 @@ pub fn run(cmd: SpaCmd) -> Result<(), Fail> {
                     Ok(g) => {
                         accepted += 1;
                         json!({"packet": i + 1, "verdict": "accept", "stanza": g.stanza, "address": g.address.to_string(),
-                               "ports": g.ports.iter().map(|(pr, po)| format!("{}/{po}", format!("{pr:?}").to_lowercase())).collect::<Vec<_>>(),
+                               "ports": g.ports.iter().map(|(pr, po)| kagi_spa::port_spec(*pr, *po)).collect::<Vec<_>>(),
                                "timeout": g.timeout, "username": g.username})
                     }
                     Err(r) => {

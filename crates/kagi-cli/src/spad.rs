@@ -80,10 +80,7 @@ impl LogLimiter {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::spa_cmd::unix_now() as i64
 }
 
 fn load_replay(path: &std::path::Path, max_age: u64) -> Result<ReplayCache, Fail> {
@@ -101,7 +98,7 @@ fn load_replay(path: &std::path::Path, max_age: u64) -> Result<ReplayCache, Fail
     for line in text.lines() {
         let mut it = line.split_whitespace();
         if let (Some(h), Some(t)) = (it.next(), it.next()) {
-            if let (Ok(d), Ok(t)) = (hex_digest(h), t.parse::<i64>()) {
+            if let (Some(d), Ok(t)) = (hex_digest(h), t.parse::<i64>()) {
                 cache.insert(d, t);
             }
         }
@@ -110,15 +107,13 @@ fn load_replay(path: &std::path::Path, max_age: u64) -> Result<ReplayCache, Fail
     Ok(cache)
 }
 
-fn hex_digest(h: &str) -> Result<[u8; 32], ()> {
-    if h.len() != 64 {
-        return Err(());
-    }
-    let mut d = [0u8; 32];
-    for (i, b) in d.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| ())?;
-    }
-    Ok(d)
+/// One line of the replay file: `hex(sha256(datagram)) unix_time`.
+fn replay_line(digest: &[u8; 32], t: i64) -> String {
+    format!("{} {t}\n", hex::encode(digest))
+}
+
+fn hex_digest(h: &str) -> Option<[u8; 32]> {
+    hex::decode(h).ok()?.try_into().ok()
 }
 
 /// Rewrites the replay file with only the live entries (on start), then appends to it.
@@ -130,10 +125,7 @@ fn open_replay_file(path: &std::path::Path, cache: &ReplayCache) -> Result<std::
     let tmp = path.with_extension("tmp");
     let mut body = String::new();
     for (d, t) in cache.entries() {
-        body.push_str(&format!(
-            "{} {t}\n",
-            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ));
+        body.push_str(&replay_line(d, *t));
     }
     std::fs::write(&tmp, body).map_err(|e| Fail(format!("cannot write {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path)
@@ -182,7 +174,7 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
         .iter()
         .flat_map(|s| s.protected_ports().iter().copied())
         .collect();
-    protected.sort_by_key(|(p, n)| (format!("{p:?}"), *n));
+    protected.sort();
     protected.dedup();
     fw.setup(&protected, !a.no_default_drop)
         .map_err(|e| Fail(e.to_string()))?;
@@ -230,10 +222,7 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
             let before = cache.len();
             let verdict = decide(packet, src, None, t, &stanzas, policy, &mut cache);
             if cache.len() > before {
-                for b in kagi_crypto::sha256(packet) {
-                    replay_lines.push_str(&format!("{b:02x}"));
-                }
-                replay_lines.push_str(&format!(" {t}\n"));
+                replay_lines.push_str(&replay_line(&kagi_crypto::sha256(packet), t));
             }
             decided.push((src, verdict));
             if decided.len() >= MAX_BATCH {
@@ -279,7 +268,7 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
                     let ports: Vec<String> = g
                         .ports
                         .iter()
-                        .map(|(p, n)| format!("{}/{n}", format!("{p:?}").to_lowercase()))
+                        .map(|(p, n)| kagi_spa::port_spec(*p, *n))
                         .collect();
                     tracing::info!(source = %src, stanza = %g.stanza, verdict = if fw_ok { "accept" } else { "error" }, address = %g.address, ports = %ports.join(","), timeout = g.timeout, user = %g.username, "spa decision");
                 }

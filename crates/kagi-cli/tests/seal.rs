@@ -3,15 +3,7 @@
 
 mod support;
 
-use support::{assert_one_line_error, Server};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{assert_one_line_error, free_port, Server};
 
 #[test]
 fn shamir_init_unseal_seal() {

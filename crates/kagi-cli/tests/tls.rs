@@ -5,15 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{assert_one_line_error, Server};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{assert_one_line_error, free_port, Server};
 
 #[test]
 fn tls_with_client_certificates_mapped_to_policies() {

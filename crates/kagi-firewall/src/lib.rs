@@ -53,7 +53,7 @@ impl Firewall for LogOnly {
     }
     fn grant(&mut self, grants: &[Access]) -> Result<(), FirewallError> {
         for (addr, proto, port, timeout) in grants {
-            tracing::info!(%addr, proto = proto_name(*proto), port, timeout, "firewall none: would open");
+            tracing::info!(%addr, proto = proto.as_str(), port, timeout, "firewall none: would open");
         }
         Ok(())
     }
@@ -97,15 +97,6 @@ fn run_nft_output(args: &[&str]) -> Result<String, FirewallError> {
     }
 }
 
-fn proto_name(p: Proto) -> &'static str {
-    match p {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-        Proto::Icmp => "icmp",
-        Proto::None => "none",
-    }
-}
-
 /// The ruleset text for kagi's table (pure; shown in docs and tested).
 pub fn ruleset(table: &str, protected: &[(Proto, u16)], default_drop: bool) -> String {
     let mut s = format!(
@@ -126,7 +117,7 @@ pub fn ruleset(table: &str, protected: &[(Proto, u16)], default_drop: bool) -> S
             if !ports.is_empty() {
                 s.push_str(&format!(
                     "\t\t{} dport {{ {} }} drop\n",
-                    proto_name(proto),
+                    proto.as_str(),
                     ports.join(", ")
                 ));
             }
@@ -154,7 +145,7 @@ pub fn grant_script_with(table: &str, grants: &[Access], refresh_by_add: bool) -
                 None => ("allowed6", v6.to_string()),
             },
         };
-        let el = format!("{a} . {} . {port}", proto_name(*proto));
+        let el = format!("{a} . {} . {port}", proto.as_str());
         if refresh_by_add {
             s.push_str(&format!(
                 "add element inet {table} {set} {{ {el} timeout {timeout}s }}\n"

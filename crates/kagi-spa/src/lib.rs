@@ -16,4 +16,4 @@ pub mod replay_cache;
 
 pub use error::SpaError;
 pub use fwknop::{open, seal, StanzaKeys};
-pub use message::{AccessSpec, DigestType, MessageType, Proto, SpaMessage};
+pub use message::{port_spec, AccessSpec, DigestType, MessageType, Proto, SpaMessage};

@@ -78,7 +78,7 @@ fn digest_candidates(len: usize) -> &'static [DigestType] {
 }
 
 /// A protocol in an access request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     /// tcp
     Tcp,
@@ -88,6 +88,23 @@ pub enum Proto {
     Icmp,
     /// none
     None,
+}
+
+impl Proto {
+    /// The name in access messages, access.conf and nftables (`tcp`, `udp`, `icmp`, `none`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::None => "none",
+        }
+    }
+}
+
+/// `proto/port`, as access messages write it.
+pub fn port_spec(proto: Proto, port: u16) -> String {
+    format!("{}/{port}", proto.as_str())
 }
 
 /// `ip,proto/port[,proto/port...]` from an access message.
@@ -130,13 +147,8 @@ impl AccessSpec {
     pub fn to_message(&self) -> String {
         let mut s = self.allow_ip.to_string();
         for (p, port) in &self.ports {
-            let name = match p {
-                Proto::Tcp => "tcp",
-                Proto::Udp => "udp",
-                Proto::Icmp => "icmp",
-                Proto::None => "none",
-            };
-            s.push_str(&format!(",{name}/{port}"));
+            s.push(',');
+            s.push_str(&port_spec(*p, *port));
         }
         s
     }

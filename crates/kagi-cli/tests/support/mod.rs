@@ -178,3 +178,12 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
