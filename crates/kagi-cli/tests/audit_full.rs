@@ -40,7 +40,10 @@ fn http(addr: &str, token: &str, path: &str, body: &str) -> (u16, String) {
 #[test]
 fn full_audit_disk_fails_closed_and_recovers() {
     if !is_root() {
-        eprintln!("SKIPPED full_audit_disk_fails_closed_and_recovers: needs root to mount a tmpfs");
+        support::skip(
+            "full_audit_disk_fails_closed_and_recovers",
+            "needs root to mount a tmpfs",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

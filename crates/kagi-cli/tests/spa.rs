@@ -160,12 +160,15 @@ fn have(tool: &str) -> bool {
 
 fn skip_unless_ready(test: &str, tools: &[&str]) -> bool {
     if !is_root() {
-        eprintln!("SKIPPED {test}: needs root for network namespaces and nftables");
+        support::skip(test, "needs root for network namespaces and nftables");
         return true;
     }
     for t in tools {
         if !have(t) {
-            eprintln!("SKIPPED {test}: {t} is not installed (scripts/test installs it)");
+            support::skip(
+                test,
+                &format!("{t} is not installed (scripts/test installs it)"),
+            );
             return true;
         }
     }

@@ -27,7 +27,7 @@ pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7300";
 #[non_exhaustive]
 pub enum ClientError {
     /// The server answered with an error.
-    #[error("{message} (HTTP {status})")]
+    #[error("{message} (HTTP {status}, request {request_id})")]
     Api {
         /// HTTP status.
         status: u16,
@@ -35,6 +35,8 @@ pub enum ClientError {
         code: String,
         /// The server's sentence.
         message: String,
+        /// The `x-request-id` sent, which the server's audit records carry.
+        request_id: String,
     },
     /// The server could not be reached.
     #[error("cannot reach the key service at {addr}: {detail}")]
@@ -65,6 +67,8 @@ pub struct ClientConfig {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Per-request timeout (default 30 s).
     pub timeout: Option<Duration>,
+    /// Retries after 429, 503 or a failed connection (default 3; 0 disables).
+    pub max_retries: Option<u32>,
 }
 
 impl ClientConfig {
@@ -79,6 +83,7 @@ impl ClientConfig {
                 .zip(var("KAGI_CLIENT_KEY"))
                 .map(|(c, k)| (c.into(), k.into())),
             timeout: None,
+            max_retries: None,
         }
     }
 }
@@ -89,6 +94,26 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    retry: Backoff,
+}
+
+/// Capped exponential backoff with full jitter (the AWS SDKs' "full jitter" policy): the n-th
+/// retry waits a uniformly random time in `[0, min(cap, base * 2^n))`, or what the server's
+/// `Retry-After` asks if that is longer (still capped).
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    max_retries: u32,
+    base: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let ceiling = self.base.saturating_mul(1 << attempt.min(16)).min(self.cap);
+        let r = u64::from_be_bytes(kagi_crypto::random_array());
+        let jittered = ceiling.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64);
+        jittered.max(retry_after.unwrap_or_default()).min(self.cap)
+    }
 }
 
 fn tls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig, ClientError> {
@@ -165,6 +190,11 @@ impl Client {
             base,
             token: cfg.token,
             http,
+            retry: Backoff {
+                max_retries: cfg.max_retries.unwrap_or(3),
+                base: Duration::from_millis(50),
+                cap: Duration::from_secs(2),
+            },
         })
     }
 
@@ -173,35 +203,74 @@ impl Client {
         &self.base
     }
 
+    /// Sends `req` with one request id, retrying with backoff on 429, 503 and failed
+    /// connections (requests that never reached the server, or that it refused to process).
     async fn send<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let request_id = hex::encode(kagi_crypto::random_array::<12>());
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
-        };
-        let resp = req.send().await.map_err(|e| ClientError::Connect {
-            addr: self.base.clone(),
-            detail: root_cause(&e),
-        })?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
-        } else {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            Err(ClientError::Api {
-                status: status.as_u16(),
-                code: v["code"].as_str().unwrap_or("").to_string(),
-                message: v["error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("the server answered {status}")),
-            })
+        }
+        .header("x-request-id", &request_id);
+        let mut attempt = 0;
+        loop {
+            let this = req
+                .try_clone()
+                .ok_or_else(|| ClientError::Config("request body cannot be retried".into()))?;
+            let (err, retry_after) = match this.send().await {
+                Err(e) if e.is_connect() => (
+                    ClientError::Connect {
+                        addr: self.base.clone(),
+                        detail: root_cause(&e),
+                    },
+                    None,
+                ),
+                Err(e) => {
+                    return Err(ClientError::Connect {
+                        addr: self.base.clone(),
+                        detail: root_cause(&e),
+                    })
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let bytes = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| ClientError::Decode(e.to_string()))?;
+                    if status.is_success() {
+                        return serde_json::from_slice(&bytes)
+                            .map_err(|e| ClientError::Decode(e.to_string()));
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    let err = ClientError::Api {
+                        status: status.as_u16(),
+                        code: v["code"].as_str().unwrap_or("").to_string(),
+                        message: v["error"]
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| format!("the server answered {status}")),
+                        request_id: request_id.clone(),
+                    };
+                    if !matches!(status.as_u16(), 429 | 503) {
+                        return Err(err);
+                    }
+                    (err, retry_after)
+                }
+            };
+            if attempt >= self.retry.max_retries {
+                return Err(err);
+            }
+            tokio::time::sleep(self.retry.delay(attempt, retry_after)).await;
+            attempt += 1;
         }
     }
 
@@ -257,4 +326,117 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A fake HTTP server, for faults the real key service cannot be made to produce on
+    /// demand (a 429/503 burst): answers each connection with the next canned status and
+    /// reports the `x-request-id` it saw.
+    async fn fake(statuses: Vec<u16>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        let h = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for st in statuses {
+                let (mut c, _) = l.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = c.read(&mut buf).await.unwrap();
+                let req = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                let id = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-request-id: "))
+                    .unwrap_or("")
+                    .to_string();
+                ids.push(id);
+                let body = if st == 200 {
+                    "{\"ok\":true}"
+                } else {
+                    "{\"error\":\"busy\",\"code\":\"busy\"}"
+                };
+                let resp = format!(
+                    "HTTP/1.1 {st} X\r\ncontent-type: application/json\r\nretry-after: 0\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                c.write_all(resp.as_bytes()).await.unwrap();
+            }
+            ids
+        });
+        (addr, h)
+    }
+
+    fn client(addr: &str, retries: u32) -> Client {
+        Client::new(ClientConfig {
+            addr: addr.into(),
+            max_retries: Some(retries),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn retries_429_and_503_with_one_request_id() {
+        let (addr, h) = fake(vec![503, 429, 200]).await;
+        let v: serde_json::Value = client(&addr, 3).get("/v1/x").await.unwrap();
+        assert_eq!(v["ok"], true);
+        let ids = h.await.unwrap();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[0].len(), 24);
+        assert!(ids.iter().all(|i| i == &ids[0]), "{ids:?}");
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_retries_and_never_retries_other_errors() {
+        let (addr, h) = fake(vec![503, 503]).await;
+        match client(&addr, 1).get::<serde_json::Value>("/v1/x").await {
+            Err(ClientError::Api {
+                status: 503,
+                request_id,
+                ..
+            }) => assert_eq!(request_id.len(), 24),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.await.unwrap().len(), 2);
+        let (addr, h) = fake(vec![400]).await;
+        assert!(matches!(
+            client(&addr, 3).get::<serde_json::Value>("/v1/x").await,
+            Err(ClientError::Api { status: 400, .. })
+        ));
+        assert_eq!(h.await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_retried_then_reported() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        assert!(matches!(
+            client(&addr, 2).get::<serde_json::Value>("/v1/x").await,
+            Err(ClientError::Connect { .. })
+        ));
+    }
+
+    #[test]
+    fn backoff_is_capped_and_honours_retry_after() {
+        let b = Backoff {
+            max_retries: 3,
+            base: Duration::from_millis(50),
+            cap: Duration::from_secs(2),
+        };
+        for n in 0..40 {
+            assert!(b.delay(n, None) <= Duration::from_secs(2));
+            assert!(b.delay(0, None) < Duration::from_millis(50));
+        }
+        assert_eq!(
+            b.delay(0, Some(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            b.delay(0, Some(Duration::from_secs(60))),
+            Duration::from_secs(2)
+        );
+    }
 }

@@ -51,6 +51,55 @@ impl AeadKey {
             .expect("AES-GCM sealing only fails for inputs over 64 GiB");
     }
 
+    /// Encrypts `in_out` in place and returns the tag, for callers that lay out many
+    /// segments in one buffer. The caller guarantees `nonce` is never reused under this key.
+    pub fn seal_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        #[allow(clippy::expect_used)]
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                in_out,
+            )
+            .expect("AES-GCM sealing only fails for inputs over 64 GiB");
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag.as_ref());
+        t
+    }
+
+    /// Decrypts `ciphertext` (tag separate) into `out` (same length), leaving the ciphertext
+    /// intact so a caller can try another nonce. `out` holds nothing usable on failure.
+    pub fn open_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        if tag.len() != TAG_LEN || out.len() != ciphertext.len() {
+            return Err(CryptoError::Authentication);
+        }
+        self.key
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                ciphertext,
+                tag,
+                out,
+            )
+            .map_err(|_| {
+                out.fill(0);
+                CryptoError::Authentication
+            })
+    }
+
     /// `P = AES-256-GCM-Decrypt(K, N, A, C || T)`, or `Authentication` if anything differs.
     pub fn open(
         &self,
@@ -112,6 +161,17 @@ mod tests {
             unhex("fa4362189661d163fcd6a56d8bf0405ad636ac1bbedd5cc3ee727dc2ab4a9489")
         );
         assert_eq!(k.open(&nonce, b"", &buf).unwrap().expose(), &pt[..]);
+        let mut d = pt.clone();
+        assert_eq!(k.seal_detached(&nonce, b"", &mut d)[..], buf[16..]);
+        assert_eq!(d, buf[..16]);
+        let mut back = vec![0u8; 16];
+        k.open_detached(&nonce, b"", &d, &buf[16..], &mut back)
+            .unwrap();
+        assert_eq!(back, pt);
+        assert!(k
+            .open_detached(&nonce, b"x", &d, &buf[16..], &mut back)
+            .is_err());
+        assert_eq!(back, [0u8; 16]);
     }
 
     fn unhex(s: &str) -> Vec<u8> {

@@ -187,3 +187,28 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Reports a test that cannot run here: prints why and, when `KAGI_SKIP_LOG` names a file
+/// (scripts/test sets it), appends the reason there so the suite counts it as skipped rather
+/// than passed.
+pub fn skip(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}");
+    eprintln!("{line}");
+    if let Some(p) = std::env::var_os("KAGI_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// `metric{labels} value` from a Prometheus exposition.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in metrics"))
+}
