@@ -42,7 +42,10 @@ fn one_gib_round_trip_through_files_and_pipes_in_bounded_memory() {
     let s = Server::dev(&d.join("data"), &[]);
     s.ok(&["key", "create", "big"]);
     let (inp, enc, out) = (d.join("in.bin"), d.join("in.kagi"), d.join("out.bin"));
-    sh(&format!("head -c 1G /dev/urandom > '{}'", inp.display()), &s);
+    sh(
+        &format!("head -c 1G /dev/urandom > '{}'", inp.display()),
+        &s,
+    );
     let want = sha(&s, &inp);
 
     // Files.

@@ -40,13 +40,18 @@ struct Batch {
     out: Vec<u8>,
     out_len: usize,
     err: Option<EnvelopeError>,
+    /// How far into `buf` / `out` data was ever written: what must be wiped.
+    dirty: (usize, usize),
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // Both buffers held plaintext at some point.
-        self.buf.zeroize();
-        self.out.zeroize();
+        // Both buffers held plaintext at some point. Only the written prefix is wiped: a 1 KiB
+        // object should not pay for wiping a whole 64 KiB segment buffer.
+        let (b, o) = self.dirty;
+        let (bl, ol) = (self.buf.len(), self.out.len());
+        self.buf[..b.min(bl)].zeroize();
+        self.out[..o.min(ol)].zeroize();
     }
 }
 
@@ -62,6 +67,7 @@ impl Batch {
             out: Vec::new(),
             out_len: 0,
             err: None,
+            dirty: (0, 0),
         }
     }
 
@@ -104,6 +110,7 @@ impl Job {
                 b.buf.resize(off + stride, 0);
             }
             let n = fill(input, &mut b.buf[off..off + slot])?;
+            b.dirty.0 = b.dirty.0.max(off + n + TAG_LEN);
             // An empty read after full segments only tells us the last full one was final.
             if n > 0 || j == 0 {
                 b.lens.push(n);
@@ -132,6 +139,7 @@ impl Job {
                         b.out.reserve_exact(count * self.segment - b.out.len());
                         b.out.resize((j + 1) * self.segment, 0);
                     }
+                    b.dirty.1 = b.dirty.1.max(j * self.segment + n);
                     self.open_one(
                         &b.buf[off..off + n],
                         &mut b.out[j * self.segment..],
