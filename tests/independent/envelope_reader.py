@@ -10,13 +10,16 @@ Exit 0 on success; otherwise one line "envelope_reader: <reason>" on stderr, exi
 """
 import argparse, base64, hashlib, json, os, struct, sys, tempfile, urllib.error, urllib.request
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC, VERSION, ALG_AES256GCM_STREAM = b"kagienc1", 1, 1
-MAX_SEGMENT, TAG = 16 * 1024 * 1024, 16
+MAX_SEGMENT, TAG, SALT, PREFIX = 16777216, 16, 32, 7
 BLOB_MIN, BLOB_MAX = 49, 4145                      # wrapped-blob.md: 0..4096-byte plaintext
+CTX_MIN_LEN, CTX_MAX_LEN = 2, 262144               # envelope.md: range of C
 CTX_MAX_PAIRS, CTX_KEY_MAX, CTX_VAL_MAX = 64, 256, 1024
-CTX_MAX_LEN = 2 + CTX_MAX_PAIRS * (2 + CTX_KEY_MAX + 2 + CTX_VAL_MAX)
+SEGMENT_KEY_INFO = b"kagienc1 segment key"         # 20 ASCII bytes
 
 
 class Fail(Exception):
@@ -89,12 +92,14 @@ def read_header(f):
         raise Fail(f"wrapped DEK has unknown blob format {blob[0]}")
     clen_raw = need(f, 4, "context length")
     clen = struct.unpack(">I", clen_raw)[0]
-    if not 2 <= clen <= CTX_MAX_LEN:
+    if not CTX_MIN_LEN <= clen <= CTX_MAX_LEN:
         raise Fail(f"context length {clen} out of range")
     ctx_raw = need(f, clen, "context")
-    prefix = need(f, 7, "nonce prefix")
-    header = fixed + blob + clen_raw + ctx_raw + prefix
-    return seg, blob, decode_context(ctx_raw), prefix, hashlib.sha256(header).digest()
+    ctx = decode_context(ctx_raw)
+    salt = need(f, SALT, "salt")
+    prefix = need(f, PREFIX, "nonce prefix")
+    header = fixed + blob + clen_raw + ctx_raw + salt + prefix
+    return seg, blob, ctx, salt, prefix, hashlib.sha256(header).digest()
 
 
 def fetch_dek(addr, token, blob, ctx):
@@ -104,6 +109,8 @@ def fetch_dek(addr, token, blob, ctx):
                                           "Authorization": "Bearer " + token})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
+            if resp.status != 200:
+                raise Fail(f"key service answered {resp.status}, expected 200")
             answer = json.load(resp)
     except urllib.error.HTTPError as e:
         try:
@@ -114,7 +121,7 @@ def fetch_dek(addr, token, blob, ctx):
         raise Fail(f"key service refused ({e.code} {detail})") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise Fail(f"key service unreachable or bad answer: {e}") from None
-    try:
+    try:                                                 # standard base64 with padding
         dek = bytearray(base64.b64decode(answer["plaintext"], validate=True))
     except Exception:
         raise Fail("key service answer has no valid base64 plaintext") from None
@@ -123,8 +130,13 @@ def fetch_dek(addr, token, blob, ctx):
     return dek
 
 
-def decrypt_body(f, out, dek, seg, prefix, aad):
-    aead, size = AESGCM(dek), seg + TAG
+def segment_key(dek, salt):
+    """K = HKDF-SHA-256(IKM = DEK, salt = salt, info = "kagienc1 segment key", L = 32)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=SEGMENT_KEY_INFO).derive(dek)
+
+
+def decrypt_body(f, out, key, seg, prefix, aad):
+    aead, size = AESGCM(key), seg + TAG
 
     def open_chunk(i, chunk, last):
         return aead.decrypt(prefix + struct.pack(">IB", i, last), chunk, aad)
@@ -135,17 +147,17 @@ def decrypt_body(f, out, dek, seg, prefix, aad):
             raise Fail("too many segments")
         nxt = read_full(f, size) if len(cur) == size else b""  # one chunk ahead
         final = not nxt
-        if len(cur) < TAG:
-            raise Fail("truncated body" if i else "missing body")
+        if len(cur) < TAG:                               # final chunk must be 16..S+16 bytes
+            raise Fail(f"truncated (segment {i} is {len(cur)} bytes, shorter than its tag)")
         try:
             out.write(open_chunk(i, cur, 1 if final else 0))
         except InvalidTag:
             try:                                         # diagnose only; nothing is written
                 open_chunk(i, cur, 0 if final else 1)
-                why = "truncated at a segment boundary" if final else "trailing bytes after final segment"
+                why = "truncated" if final else "extra bytes after its final segment"
             except InvalidTag:
-                why = "damaged, reordered or foreign data"
-            raise Fail(f"segment {i} failed to authenticate ({why})") from None
+                why = f"segment {i} does not authenticate"
+            raise Fail(why) from None
         if final:
             return
         cur, i = nxt, i + 1
@@ -166,23 +178,25 @@ def main(argv):
             raise Fail(f"--require-context wants K=V, got {kv!r}")
         required.append(kv.split("=", 1))
     with open(args.input, "rb") as f:
-        seg, blob, ctx, prefix, aad = read_header(f)
+        seg, blob, ctx, salt, prefix, aad = read_header(f)
         for k, v in required:
             if ctx.get(k) != v:
                 raise Fail(f"context lacks required {k}={v}")
         dek = fetch_dek(args.addr, args.token, blob, ctx)
+        try:
+            key = segment_key(dek, salt)                 # bytes: cannot be wiped in Python
+        finally:
+            dek[:] = bytes(len(dek))                     # best effort: Python may hold copies
         fd, tmp = tempfile.mkstemp(prefix=".envelope_reader.", dir=os.path.dirname(os.path.abspath(args.output)))
         try:
             with os.fdopen(fd, "wb") as out:
-                decrypt_body(f, out, dek, seg, prefix, aad)
+                decrypt_body(f, out, key, seg, prefix, aad)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, args.output)
         except BaseException:
             os.unlink(tmp)
             raise
-        finally:
-            dek[:] = bytes(len(dek))                     # best effort: Python may hold copies
 
 
 if __name__ == "__main__":

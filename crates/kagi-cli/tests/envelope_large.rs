@@ -9,6 +9,11 @@ use std::process::Command;
 use support::{kagi_bin, Server};
 
 fn sh(script: &str, s: &Server) -> String {
+    sh2(script, s).0
+}
+
+/// Runs `script` under bash; returns (stdout, stderr).
+fn sh2(script: &str, s: &Server) -> (String, String) {
     let o = Command::new("bash")
         .args(["-euo", "pipefail", "-c", script])
         .env("KAGI", kagi_bin())
@@ -21,7 +26,10 @@ fn sh(script: &str, s: &Server) -> String {
         "{script}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    String::from_utf8(o.stdout).unwrap()
+    (
+        String::from_utf8(o.stdout).unwrap(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
 }
 
 fn sha(s: &Server, path: &std::path::Path) -> String {
@@ -78,8 +86,8 @@ fn one_gib_round_trip_through_files_and_pipes_in_bounded_memory() {
     std::fs::remove_file(&out).unwrap();
     std::fs::remove_file(&enc).unwrap();
 
-    // Pipes, both ends.
-    let piped = sh(
+    // Pipes, both ends: no progress bar, nothing at all on stderr.
+    let (piped, noise) = sh2(
         &format!(
             "cat '{}' | \"$KAGI\" encrypt --key big --context tenant=acme | \"$KAGI\" decrypt | sha256sum",
             inp.display()
@@ -87,4 +95,19 @@ fn one_gib_round_trip_through_files_and_pipes_in_bounded_memory() {
         &s,
     );
     assert_eq!(piped, want, "pipe round trip");
+    assert_eq!(noise, "", "nothing on stderr when piped");
+
+    // On a terminal (a pty from script(1)), an input over 64 MiB shows a progress bar.
+    let tty = sh(
+        &format!(
+            "script -qec '\"$KAGI\" encrypt --key big -o {} {}' /dev/null",
+            enc.display(),
+            inp.display()
+        ),
+        &s,
+    );
+    assert!(
+        tty.contains("GiB"),
+        "no progress bar on a terminal: {tty:?}"
+    );
 }

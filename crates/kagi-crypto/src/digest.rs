@@ -1,4 +1,4 @@
-use aws_lc_rs::{constant_time, digest, hmac};
+use aws_lc_rs::{constant_time, digest, hkdf, hmac};
 
 /// `SHA-256(data)` (FIPS 180-4).
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -45,6 +45,26 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// HKDF-SHA-256 (RFC 5869) of `ikm` with `salt` and `info`, 32 bytes of output: a per-use key
+/// derived from a long-lived one.
+pub fn hkdf_sha256_32(ikm: &[u8], salt: &[u8], info: &[u8]) -> crate::SecretKey32 {
+    struct Len32;
+    impl hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            32
+        }
+    }
+    let mut out = [0u8; 32];
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    #[allow(clippy::expect_used)]
+    prk.expand(&[info], Len32)
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("32 bytes is far below HKDF-SHA-256's 8160-byte limit");
+    let key = crate::SecretKey32::from_bytes(out);
+    zeroize::Zeroize::zeroize(&mut out);
+    key
+}
+
 /// Constant-time equality for MACs, token hashes and other secrets-derived values.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     constant_time::verify_slices_are_equal(a, b).is_ok()
@@ -53,6 +73,23 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 5869 test case 1 (first 32 of its 42 output bytes).
+    #[test]
+    fn hkdf_known_answer() {
+        let ikm = [0x0bu8; 22];
+        let salt: Vec<u8> = (0x00..=0x0cu8).collect();
+        let info: Vec<u8> = (0xf0..=0xf9u8).collect();
+        let okm = hkdf_sha256_32(&ikm, &salt, &info);
+        assert_eq!(
+            hex(okm.expose()),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+        );
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
 
     #[test]
     fn sha256_known_answer() {

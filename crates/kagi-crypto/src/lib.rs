@@ -14,7 +14,7 @@ pub mod shamir;
 mod signature;
 
 pub use aead::{AeadKey, NONCE_LEN, TAG_LEN};
-pub use digest::{ct_eq, hmac_sha256, sha256, Sha256};
+pub use digest::{ct_eq, hkdf_sha256_32, hmac_sha256, sha256, Sha256};
 pub use error::CryptoError;
 pub use random::{fill_random, random_array, random_vec};
 pub use secret::{SecretBytes, SecretKey32};

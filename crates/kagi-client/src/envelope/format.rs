@@ -8,6 +8,8 @@ use super::EnvelopeError;
 pub const MAGIC: &[u8; 8] = b"kagienc1";
 /// Default plaintext bytes per segment.
 pub const DEFAULT_SEGMENT: u32 = 64 * 1024;
+/// Longest canonical context: 64 pairs of 256-byte keys and 1024-byte values.
+const MAX_CONTEXT: usize = 2 + 64 * (2 + 256 + 2 + 1024);
 /// Largest segment size a header may name.
 pub const MAX_SEGMENT: u32 = 16 << 20;
 
@@ -20,14 +22,20 @@ pub struct Header {
     pub wrapped_dek: Vec<u8>,
     /// Canonical encryption context bytes.
     pub context: Vec<u8>,
+    /// Random per file: the segment key is HKDF-SHA-256(DEK, salt), so a data key reused by
+    /// the cache never meets the same nonce twice.
+    pub salt: [u8; 32],
     /// Nonce prefix.
     pub prefix: [u8; 7],
 }
 
+/// HKDF `info` for the segment key.
+pub(super) const SEGMENT_KEY_INFO: &[u8] = b"kagienc1 segment key";
+
 impl Header {
     /// The header's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut h = Vec::with_capacity(32 + self.wrapped_dek.len() + self.context.len());
+        let mut h = Vec::with_capacity(64 + self.wrapped_dek.len() + self.context.len());
         h.extend_from_slice(MAGIC);
         h.push(1);
         h.push(1);
@@ -36,6 +44,7 @@ impl Header {
         h.extend_from_slice(&self.wrapped_dek);
         h.extend_from_slice(&(self.context.len() as u32).to_be_bytes());
         h.extend_from_slice(&self.context);
+        h.extend_from_slice(&self.salt);
         h.extend_from_slice(&self.prefix);
         h
     }
@@ -67,11 +76,13 @@ impl Header {
         let mut clen = [0u8; 4];
         read_exact_or(r, &mut clen, EnvelopeError::Header("truncated"))?;
         let clen = u32::from_be_bytes(clen) as usize;
-        if clen > 256 * 1024 {
-            return Err(EnvelopeError::Header("context too long"));
+        if !(2..=MAX_CONTEXT).contains(&clen) {
+            return Err(EnvelopeError::Header("context length out of range"));
         }
         let mut context = vec![0u8; clen];
         read_exact_or(r, &mut context, EnvelopeError::Header("truncated context"))?;
+        let mut salt = [0u8; 32];
+        read_exact_or(r, &mut salt, EnvelopeError::Header("truncated salt"))?;
         let mut prefix = [0u8; 7];
         read_exact_or(
             r,
@@ -82,6 +93,7 @@ impl Header {
             segment,
             wrapped_dek: wrapped,
             context,
+            salt,
             prefix,
         };
         let bytes = h.to_bytes();

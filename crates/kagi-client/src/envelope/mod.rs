@@ -5,8 +5,10 @@
 //!
 //! ```text
 //! magic "kagienc1" | version 0x01 | algorithm 0x01 (AES-256-GCM STREAM) | segment size u32
-//! | wrapped-DEK length u16 | wrapped DEK | context length u32 | canonical context | prefix (7)
-//! body: AES-256-GCM segments, nonce = prefix || u32 index || last flag, aad = SHA-256(header)
+//! | wrapped-DEK length u16 | wrapped DEK | context length u32 | canonical context | salt (32)
+//! | nonce prefix (7)
+//! body: AES-256-GCM segments under HKDF-SHA-256(DEK, salt, "kagienc1 segment key"),
+//!   nonce = prefix || u32 index || last flag, aad = SHA-256(header)
 //! ```
 //! `docs/envelope.md` is the normative description.
 //!
@@ -262,6 +264,7 @@ impl Envelope {
                 segment: self.segment,
                 wrapped_dek: wrapped,
                 context: canonical,
+                salt: kagi_crypto::random_array(),
                 prefix: kagi_crypto::random_array(),
             },
             dek,

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use kagi_crypto::{AeadKey, SecretKey32, TAG_LEN};
 use zeroize::Zeroize;
 
-use super::format::{nonce, Header};
+use super::format::{nonce, Header, SEGMENT_KEY_INFO};
 use super::EnvelopeError;
 
 /// Segments per batch: the unit handed to a worker (1 MiB of data at the default size).
@@ -356,7 +356,13 @@ fn fill(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> std::io::Result<usize> 
 fn job(dir: Dir, dek: &[u8], header: &Header, header_bytes: &[u8]) -> Result<Job, EnvelopeError> {
     Ok(Job {
         dir,
-        key: AeadKey::new(&SecretKey32::from_slice(dek).map_err(|_| EnvelopeError::BadKey)?),
+        key: AeadKey::new(&kagi_crypto::hkdf_sha256_32(
+            SecretKey32::from_slice(dek)
+                .map_err(|_| EnvelopeError::BadKey)?
+                .expose(),
+            &header.salt,
+            SEGMENT_KEY_INFO,
+        )),
         aad: kagi_crypto::sha256(header_bytes),
         prefix: header.prefix,
         segment: header.segment as usize,

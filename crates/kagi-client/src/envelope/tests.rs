@@ -5,6 +5,7 @@ fn header(seg: u32) -> Header {
         segment: seg,
         wrapped_dek: vec![1; 81],
         context: vec![0, 0],
+        salt: [3; 32],
         prefix: [7; 7],
     }
 }
@@ -80,7 +81,11 @@ fn reference(data: &[u8], seg: usize) -> Vec<u8> {
     let h = header(seg as u32);
     let hb = h.to_bytes();
     let aad = kagi_crypto::sha256(&hb);
-    let key = kagi_crypto::AeadKey::new(&SecretKey32::from_bytes([9; 32]));
+    let key = kagi_crypto::AeadKey::new(&kagi_crypto::hkdf_sha256_32(
+        &[9; 32],
+        &h.salt,
+        b"kagienc1 segment key",
+    ));
     let mut out = hb.clone();
     let chunks: Vec<&[u8]> = if data.is_empty() {
         vec![&[]]
@@ -134,4 +139,22 @@ fn damage_deep_in_a_long_file_names_its_segment() {
     let mut g = f.clone();
     g.extend_from_slice(&f[hl..hl + 32]);
     assert!(open(&g).is_err());
+}
+
+#[test]
+fn the_salt_gives_every_file_its_own_segment_key() {
+    // Same DEK, same nonce prefix (as if the random prefix collided under a cached DEK): the
+    // salt alone must make the keystreams differ.
+    let data = [0u8; 64];
+    let mut h2 = header(16);
+    h2.salt = [4; 32];
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    seal_stream(&[9; 32], &header(16), &mut &data[..], &mut a).unwrap();
+    seal_stream(&[9; 32], &h2, &mut &data[..], &mut b).unwrap();
+    let hl = header(16).to_bytes().len();
+    assert_ne!(a[hl..hl + 16], b[hl..hl + 16]);
+    assert!(matches!(
+        Header::read(&mut &a[..hl - 1]),
+        Err(EnvelopeError::Header(_))
+    ));
 }
