@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kagi_crypto::SecretKey32;
@@ -99,6 +99,7 @@ pub struct DekCache {
     limits: CacheLimits,
     enc: Side,
     dec: Side,
+    fetching: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for DekCache {
@@ -124,6 +125,7 @@ impl DekCache {
             limits,
             enc: Side::default(),
             dec: Side::default(),
+            fetching: Mutex::default(),
         }
     }
 
@@ -145,12 +147,15 @@ impl DekCache {
     }
 
     /// Takes one message of `bytes` from the entry `id` if every limit still allows it;
-    /// retires the entry otherwise. Counts a hit or a miss.
+    /// retires the entry otherwise. Does not count: callers `record` the final outcome.
     pub(crate) fn lease(&self, u: Use, id: &[u8; 32], bytes: u64) -> Option<Lease> {
-        let side = self.side(u);
-        let mut map = side.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .side(u)
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let l = &self.limits;
-        let got = match map.get_mut(id) {
+        match map.get_mut(id) {
             Some(e)
                 if e.born.elapsed() < l.max_age
                     && e.messages < l.max_messages
@@ -168,14 +173,22 @@ impl DekCache {
                 None
             }
             None => None,
-        };
-        let counter = if got.is_some() {
-            &side.hits
-        } else {
-            &side.misses
-        };
+        }
+    }
+
+    /// Counts one lookup as a hit or a miss.
+    pub(crate) fn record(&self, u: Use, hit: bool) {
+        let side = self.side(u);
+        let counter = if hit { &side.hits } else { &side.misses };
         counter.fetch_add(1, Ordering::Relaxed);
-        got
+    }
+
+    /// The lock that makes concurrent misses on one slot fetch a single data key.
+    pub(crate) fn fetch_lock(&self, id: &[u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget locks nobody holds any more, so the map stays small.
+        m.retain(|_, l| Arc::strong_count(l) > 1);
+        m.entry(*id).or_default().clone()
     }
 
     /// Caches a data key just fetched for one message of `bytes`, if the limits allow reuse.
@@ -264,6 +277,7 @@ mod tests {
         });
         let id = slot(&[b"k", b"ctx"]);
         assert!(c.lease(Use::Encrypt, &id, 10).is_none());
+        c.record(Use::Encrypt, false);
         c.insert(Use::Encrypt, id, &key(), b"w", 10);
         assert_eq!(c.lease(Use::Encrypt, &id, 10).unwrap().wrapped, b"w");
         assert!(c.lease(Use::Encrypt, &id, 10).is_some());
@@ -272,8 +286,11 @@ mod tests {
         c.insert(Use::Encrypt, id, &key(), b"w2", 60);
         // 60 + 50 > 100 bytes.
         assert!(c.lease(Use::Encrypt, &id, 50).is_none());
+        c.record(Use::Encrypt, true);
+        c.record(Use::Encrypt, true);
+        c.record(Use::Encrypt, false);
         let s = c.stats();
-        assert_eq!((s.encrypt_hits, s.encrypt_misses), (2, 3));
+        assert_eq!((s.encrypt_hits, s.encrypt_misses), (2, 2));
         assert_eq!((s.decrypt_hits, s.decrypt_misses), (0, 0));
         assert!(s
             .prometheus()

@@ -197,25 +197,14 @@ impl Envelope {
             )));
         }
         let id = slot(&[&header.wrapped_dek, &header.context]);
-        let dek = match self
-            .cache
-            .as_ref()
-            .and_then(|c| c.lease(Use::Decrypt, &id, 0))
-        {
-            Some(l) => l.dek,
-            None => {
-                let v: Value = self
-                    .client
-                    .post(
-                        "/v1/datakey/decrypt",
-                        &json!({"ciphertext": B64.encode(&header.wrapped_dek), "context": context.pairs()}),
-                    )
-                    .await?;
-                let dek = secret_field(&v, "plaintext")?;
-                if let Some(c) = &self.cache {
-                    c.insert(Use::Decrypt, id, &dek, &[], 0);
-                }
-                dek
+        let dek = match &self.cache {
+            None => self.unwrap_dek(&header, &context).await?,
+            Some(c) => {
+                cached(c, Use::Decrypt, &id, 0, || async {
+                    Ok((self.unwrap_dek(&header, &context).await?, Vec::new()))
+                })
+                .await?
+                .0
             }
         };
         let bytes = blocking(|| open_stream(dek.expose(), &header, &header_bytes, input, out))?;
@@ -235,26 +224,11 @@ impl Envelope {
     ) -> Result<(Header, SecretKey32), EnvelopeError> {
         let canonical = context.canonical();
         let id = slot(&[key.as_bytes(), &canonical]);
-        let cache = self.cache.as_ref().zip(size);
-        let (dek, wrapped) = match cache.and_then(|(c, n)| c.lease(Use::Encrypt, &id, n)) {
-            Some(l) => (l.dek, l.wrapped),
-            None => {
-                let v: Value = self
-                    .client
-                    .post(
-                        "/v1/datakey/generate",
-                        &json!({"key": key, "context": context.pairs()}),
-                    )
-                    .await?;
-                let dek = secret_field(&v, "plaintext")?;
-                let wrapped = B64
-                    .decode(v["ciphertext"].as_str().unwrap_or(""))
-                    .map_err(|_| EnvelopeError::BadKey)?;
-                if let Some((c, n)) = cache {
-                    c.insert(Use::Encrypt, id, &dek, &wrapped, n);
-                }
-                (dek, wrapped)
+        let (dek, wrapped) = match (&self.cache, size) {
+            (Some(c), Some(n)) => {
+                cached(c, Use::Encrypt, &id, n, || self.generate(key, context)).await?
             }
+            _ => self.generate(key, context).await?,
         };
         if wrapped.len() > u16::MAX as usize {
             return Err(EnvelopeError::BadKey);
@@ -270,6 +244,73 @@ impl Envelope {
             dek,
         ))
     }
+}
+
+impl Envelope {
+    /// A fresh data key and its wrapped form from the key service.
+    async fn generate(
+        &self,
+        key: &str,
+        context: &EncryptionContext,
+    ) -> Result<(SecretKey32, Vec<u8>), EnvelopeError> {
+        let v: Value = self
+            .client
+            .post(
+                "/v1/datakey/generate",
+                &json!({"key": key, "context": context.pairs()}),
+            )
+            .await?;
+        let dek = secret_field(&v, "plaintext")?;
+        let wrapped = B64
+            .decode(v["ciphertext"].as_str().unwrap_or(""))
+            .map_err(|_| EnvelopeError::BadKey)?;
+        Ok((dek, wrapped))
+    }
+
+    /// The key service unwraps a file's data key (checking context, state and policy).
+    async fn unwrap_dek(
+        &self,
+        header: &Header,
+        context: &EncryptionContext,
+    ) -> Result<SecretKey32, EnvelopeError> {
+        let v: Value = self
+            .client
+            .post(
+                "/v1/datakey/decrypt",
+                &json!({"ciphertext": B64.encode(&header.wrapped_dek), "context": context.pairs()}),
+            )
+            .await?;
+        secret_field(&v, "plaintext")
+    }
+}
+
+/// A data key from the cache, or fetched by `fetch` and cached; concurrent misses on one slot
+/// wait for a single fetch instead of each calling the key service.
+async fn cached<F, Fut>(
+    c: &DekCache,
+    u: Use,
+    id: &[u8; 32],
+    bytes: u64,
+    fetch: F,
+) -> Result<(SecretKey32, Vec<u8>), EnvelopeError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(SecretKey32, Vec<u8>), EnvelopeError>>,
+{
+    if let Some(l) = c.lease(u, id, bytes) {
+        c.record(u, true);
+        return Ok((l.dek, l.wrapped));
+    }
+    let lock = c.fetch_lock(id);
+    let _guard = lock.lock().await;
+    if let Some(l) = c.lease(u, id, bytes) {
+        c.record(u, true);
+        return Ok((l.dek, l.wrapped));
+    }
+    c.record(u, false);
+    let (dek, wrapped) = fetch().await?;
+    c.insert(u, *id, &dek, &wrapped, bytes);
+    Ok((dek, wrapped))
 }
 
 fn pairs_json(c: &EncryptionContext) -> String {
