@@ -192,7 +192,53 @@ impl Writer {
         })
     }
 
+    /// Reloads the chain head after another node appended (shared PostgreSQL chain).
+    fn reload_head(&mut self) -> Result<(), kagi_store::StoreError> {
+        if let Some((_, line)) = self.store.last()? {
+            let r: AuditRecord = serde_json::from_str(&line)
+                .map_err(|e| kagi_store::StoreError::Corrupt(e.to_string()))?;
+            self.seq = r.seq;
+            self.hash = r.hash;
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, batch: &mut Vec<Pending>) {
+        // Another node may move the shared head between our read and our append: re-chain
+        // the batch on the new head and try again (bounded: a persistent race is a failure).
+        for _ in 0..64 {
+            match self.try_commit(batch) {
+                Err(kagi_store::StoreError::Changed(_)) => {
+                    if let Err(e) = self.reload_head() {
+                        self.fail(batch, &e);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(batch, &e);
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+        self.fail(
+            batch,
+            &kagi_store::StoreError::Backend("the audit chain head kept moving".into()),
+        );
+    }
+
+    fn fail(&mut self, batch: &mut Vec<Pending>, e: &kagi_store::StoreError) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.stats.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, "audit log cannot write; refusing key operations");
+        }
+        let msg = e.to_string();
+        for p in batch.drain(..) {
+            let _ = p.done.send(Err(AuditError::Unavailable(msg.clone())));
+        }
+    }
+
+    fn try_commit(&mut self, batch: &mut Vec<Pending>) -> Result<(), kagi_store::StoreError> {
         let mut seq = self.seq;
         let mut hash = self.hash.clone();
         let mut lines = Vec::with_capacity(batch.len());
@@ -207,39 +253,27 @@ impl Writer {
         } else {
             None
         };
-        match self.store.append(&lines, cp.as_ref()) {
-            Ok(()) => {
-                let first = self.seq + 1;
-                self.seq = seq;
-                self.hash = hash;
-                self.stats.head.store(seq, Ordering::Relaxed);
-                if cp.is_some() {
-                    self.last_cp = seq;
-                    self.last_cp_at = Instant::now();
-                    self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                }
-                self.stats
-                    .records
-                    .fetch_add(lines.len() as u64, Ordering::Relaxed);
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                if self.stats.failing.swap(false, Ordering::Relaxed) {
-                    tracing::warn!("audit log is writable again; key operations resume");
-                }
-                for (i, p) in batch.drain(..).enumerate() {
-                    let _ = p.done.send(Ok(first + i as u64));
-                }
-            }
-            Err(e) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                if !self.stats.failing.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %e, "audit log cannot write; refusing key operations");
-                }
-                let msg = e.to_string();
-                for p in batch.drain(..) {
-                    let _ = p.done.send(Err(AuditError::Unavailable(msg.clone())));
-                }
-            }
+        self.store.append(&lines, cp.as_ref())?;
+        let first = self.seq + 1;
+        self.seq = seq;
+        self.hash = hash;
+        self.stats.head.store(seq, Ordering::Relaxed);
+        if cp.is_some() {
+            self.last_cp = seq;
+            self.last_cp_at = Instant::now();
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
+        self.stats
+            .records
+            .fetch_add(lines.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        if self.stats.failing.swap(false, Ordering::Relaxed) {
+            tracing::warn!("audit log is writable again; key operations resume");
+        }
+        for (i, p) in batch.drain(..).enumerate() {
+            let _ = p.done.send(Ok(first + i as u64));
+        }
+        Ok(())
     }
 
     fn idle_checkpoint(&mut self) {

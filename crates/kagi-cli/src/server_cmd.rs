@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use kagi_server::service::{KeyService, ServiceOptions};
 use kagi_server::ServerConfig;
+use kagi_store::postgres::{PgAuditStore, PgKeyStore};
 use kagi_store::sqlite::{SqliteAuditStore, SqliteKeyStore};
 use kagi_store::{AuditStore, KeyStore};
 
@@ -30,6 +31,13 @@ pub struct ServerArgs {
     /// Benchmarking only: do not fsync audit commits (records are still written and chained).
     #[arg(long = "bench-audit-no-fsync", requires = "dev", hide = true)]
     audit_no_fsync: bool,
+    /// Dev server on PostgreSQL (keys and audit) instead of SQLite; several dev nodes may
+    /// share one database and one --data-dir (which then holds only the dev master key).
+    #[arg(long = "storage-url", requires = "dev", value_name = "postgres://...")]
+    storage_url: Option<String>,
+    /// Node name in audit records (default: the host name).
+    #[arg(long, requires = "dev")]
+    node: Option<String>,
 }
 
 fn host_name() -> String {
@@ -56,17 +64,44 @@ pub async fn run(a: ServerArgs) -> Result<(), Fail> {
     }
 }
 
-async fn open_stores(
-    key_db: &std::path::Path,
-    audit_db: &std::path::Path,
-    durable_audit: bool,
-) -> Result<(Arc<dyn KeyStore>, kagi_audit::AuditLog), Fail> {
-    let store: Arc<dyn KeyStore> =
-        Arc::new(SqliteKeyStore::open(key_db).map_err(fail("cannot open the key store"))?);
-    let astore: Arc<dyn AuditStore> = Arc::new(
-        SqliteAuditStore::open_with_durability(audit_db, durable_audit)
-            .map_err(fail("cannot open the audit store"))?,
-    );
+/// Where a server keeps keys and audit records.
+enum Backend<'a> {
+    Sqlite {
+        key_db: &'a std::path::Path,
+        audit_db: &'a std::path::Path,
+        durable_audit: bool,
+    },
+    Postgres {
+        url: &'a str,
+    },
+}
+
+async fn open_stores(b: Backend<'_>) -> Result<(Arc<dyn KeyStore>, kagi_audit::AuditLog), Fail> {
+    let (store, astore): (Arc<dyn KeyStore>, Arc<dyn AuditStore>) = match b {
+        Backend::Sqlite {
+            key_db,
+            audit_db,
+            durable_audit,
+        } => (
+            Arc::new(SqliteKeyStore::open(key_db).map_err(fail("cannot open the key store"))?),
+            Arc::new(
+                SqliteAuditStore::open_with_durability(audit_db, durable_audit)
+                    .map_err(fail("cannot open the audit store"))?,
+            ),
+        ),
+        Backend::Postgres { url } => (
+            Arc::new(
+                PgKeyStore::connect(url)
+                    .await
+                    .map_err(fail("cannot open the key store on PostgreSQL"))?,
+            ),
+            Arc::new(
+                PgAuditStore::connect(url)
+                    .await
+                    .map_err(fail("cannot open the audit store on PostgreSQL"))?,
+            ),
+        ),
+    };
     let audit = kagi_audit::AuditLog::start(astore).map_err(fail("cannot start the audit log"))?;
     Ok((store, audit))
 }
@@ -85,14 +120,18 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
     std::fs::create_dir_all(&dir).map_err(fail("cannot create the data directory"))?;
     let audit_dir = a.audit_dir.unwrap_or_else(|| dir.clone());
     std::fs::create_dir_all(&audit_dir).map_err(fail("cannot create the audit directory"))?;
-    let (store, audit) = open_stores(
-        &dir.join("kagi.db"),
-        &audit_dir.join("audit.db"),
-        !a.audit_no_fsync,
-    )
-    .await?;
+    let (key_db, audit_db) = (dir.join("kagi.db"), audit_dir.join("audit.db"));
+    let backend = match &a.storage_url {
+        Some(url) => Backend::Postgres { url },
+        None => Backend::Sqlite {
+            key_db: &key_db,
+            audit_db: &audit_db,
+            durable_audit: !a.audit_no_fsync,
+        },
+    };
+    let (store, audit) = open_stores(backend).await?;
     let opts = ServiceOptions {
-        node: host_name(),
+        node: a.node.clone().unwrap_or_else(host_name),
         dev: true,
         allow_immediate_deletion: true,
         cert_principals: Default::default(),
@@ -123,22 +162,34 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
 }
 
 async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
-    let key_db = cfg
-        .storage
-        .path
-        .clone()
-        .ok_or_else(|| Fail("[storage] path is required".into()))?;
-    if let Some(p) = key_db.parent() {
-        if !p.as_os_str().is_empty() {
-            std::fs::create_dir_all(p).map_err(fail("cannot create the storage directory"))?;
+    let url;
+    let (key_db, audit_db);
+    let backend = if cfg.storage.backend == "postgres" {
+        url = cfg.storage.postgres_url().map_err(Fail)?;
+        Backend::Postgres { url: &url }
+    } else {
+        key_db = cfg
+            .storage
+            .path
+            .clone()
+            .ok_or_else(|| Fail("[storage] path is required".into()))?;
+        if let Some(p) = key_db.parent() {
+            if !p.as_os_str().is_empty() {
+                std::fs::create_dir_all(p).map_err(fail("cannot create the storage directory"))?;
+            }
         }
-    }
-    let audit_db = cfg
-        .audit
-        .path
-        .clone()
-        .unwrap_or_else(|| key_db.with_file_name("audit.db"));
-    let (store, audit) = open_stores(&key_db, &audit_db, true).await?;
+        audit_db = cfg
+            .audit
+            .path
+            .clone()
+            .unwrap_or_else(|| key_db.with_file_name("audit.db"));
+        Backend::Sqlite {
+            key_db: &key_db,
+            audit_db: &audit_db,
+            durable_audit: true,
+        }
+    };
+    let (store, audit) = open_stores(backend).await?;
     let opts = ServiceOptions {
         node: cfg.node.clone().unwrap_or_else(host_name),
         dev: false,

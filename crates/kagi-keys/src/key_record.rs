@@ -135,6 +135,10 @@ pub struct KeyRecord {
     /// When the material was erased (unix seconds).
     #[serde(default)]
     pub destroyed_at: Option<i64>,
+    /// Bumped by the store on every update. An update names the revision it was made from,
+    /// so two nodes changing one key at once cannot overwrite each other.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// Validates a key name: 1-128 of `A-Z a-z 0-9 . _ - /`.
@@ -176,6 +180,7 @@ impl KeyRecord {
             rotation_period_secs,
             deletion_date: None,
             destroyed_at: None,
+            revision: 0,
         })
     }
 

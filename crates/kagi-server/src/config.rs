@@ -10,12 +10,27 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `sqlite` (embedded) — `postgres` is planned.
+    /// `sqlite` (embedded, one node) or `postgres` (any number of nodes).
     pub backend: String,
     /// SQLite file.
     pub path: Option<PathBuf>,
-    /// PostgreSQL URL.
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`).
     pub url: Option<String>,
+    /// Environment variable holding the PostgreSQL URL (keeps the password out of the file).
+    pub url_env: Option<String>,
+}
+
+impl StorageConfig {
+    /// The PostgreSQL URL from `url` or `url_env`.
+    pub fn postgres_url(&self) -> Result<String, String> {
+        match (&self.url, &self.url_env) {
+            (Some(u), None) => Ok(u.clone()),
+            (None, Some(v)) => std::env::var(v).ok().filter(|u| !u.is_empty()).ok_or_else(|| {
+                format!("[storage] url_env = {v:?}, but that environment variable is not set")
+            }),
+            _ => Err("[storage] backend = \"postgres\" needs exactly one of url and url_env".into()),
+        }
+    }
 }
 
 /// The audit store.
@@ -104,9 +119,20 @@ impl ServerConfig {
             "sqlite" if c.storage.path.is_some() => {}
             "sqlite" => return Err("[storage] backend = \"sqlite\" needs path".into()),
             "postgres" => {
-                return Err("[storage] backend = \"postgres\" is not available in this build yet; use \"sqlite\"".into())
+                if c.storage.url.is_some() == c.storage.url_env.is_some() {
+                    return Err(
+                        "[storage] backend = \"postgres\" needs exactly one of url and url_env".into(),
+                    );
+                }
+                if c.audit.path.is_some() {
+                    return Err("[audit] path is for SQLite; with PostgreSQL the audit chain lives in the same database".into());
+                }
             }
-            other => return Err(format!("[storage] backend {other:?} is unknown: use \"sqlite\"")),
+            other => {
+                return Err(format!(
+                    "[storage] backend {other:?} is unknown: use \"sqlite\" or \"postgres\""
+                ))
+            }
         }
         match c.seal.kind.as_str() {
             "shamir" => {}

@@ -77,6 +77,7 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => Self::NotFound(format!("{what} does not exist")),
+            e @ StoreError::Changed(_) => Self::Conflict(e.to_string()),
             other => Self::Storage(other.to_string()),
         }
     }

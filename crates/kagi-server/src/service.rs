@@ -14,7 +14,7 @@ use kagi_keys::{
     AccessRequest, EncryptionContext, Justification, KeyId, KeyRecord, KeyState, KeyType,
     Operation, Policy, WrappedBlob,
 };
-use kagi_store::{KeyStore, TokenRecord};
+use kagi_store::{KeyStore, StoreChange, TokenRecord};
 
 use crate::metrics::Metrics;
 use crate::seal::{kek_aad, MasterKey, SealRecord, SoftwareMasterKey, AUDIT_KEY_AAD};
@@ -232,7 +232,7 @@ impl KeyService {
                 }
             }
         }
-        Ok(Arc::new(Self {
+        let svc = Arc::new(Self {
             store,
             audit,
             opts,
@@ -245,7 +245,62 @@ impl KeyService {
             tokens: RwLock::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
-        }))
+        });
+        if let Some(mut rx) = svc.store.changes() {
+            // Other nodes' changes (PostgreSQL NOTIFY): drop what they made stale, so a key
+            // disabled anywhere is refused here on the next request.
+            let weak = Arc::downgrade(&svc);
+            tokio::spawn(async move {
+                loop {
+                    let change = match rx.recv().await {
+                        Ok(c) => c,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => StoreChange::All,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    let Some(svc) = weak.upgrade() else { return };
+                    if let Err(e) = svc.apply_change(change).await {
+                        tracing::warn!(error = %e, "could not apply another node's change; dropping every cache");
+                        let _ = svc.apply_change(StoreChange::All).await;
+                    }
+                }
+            });
+        }
+        Ok(svc)
+    }
+
+    /// Drops or reloads what another node's change made stale.
+    async fn apply_change(&self, change: StoreChange) -> Result<(), ServiceError> {
+        match change {
+            StoreChange::Key(name) => self.forget(&name)?,
+            StoreChange::Token(hash) => {
+                self.tokens.write().map_err(lock_err)?.remove(&hash);
+            }
+            StoreChange::Policy(name) => {
+                let text = self.store.get_policy(&name).await?;
+                let mut pols = self.policies.write().map_err(lock_err)?;
+                match text.map(|t| Policy::parse(&t)) {
+                    Some(Ok(p)) => {
+                        pols.insert(name, Arc::new(p));
+                    }
+                    _ => {
+                        pols.remove(&name);
+                    }
+                }
+            }
+            StoreChange::All => {
+                self.keys.write().map_err(lock_err)?.clear();
+                self.tokens.write().map_err(lock_err)?.clear();
+                let all = self.store.list_policies().await?;
+                let mut pols = self.policies.write().map_err(lock_err)?;
+                pols.clear();
+                for (name, text) in all {
+                    if let Ok(p) = Policy::parse(&text) {
+                        pols.insert(name, Arc::new(p));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The audit log.
@@ -892,7 +947,12 @@ impl KeyService {
     ) -> Result<Unwrapped, ServiceError> {
         self.master()?;
         let b = WrappedBlob::parse(blob)?;
-        let k = self.key_by_id(&b.key_id).await?;
+        let mut k = self.key_by_id(&b.key_id).await?;
+        if !k.versions.contains_key(&b.version) && k.record.state != KeyState::Destroyed {
+            // Another node may have rotated since this one cached the key.
+            self.forget(&k.record.name)?;
+            k = self.key_by_id(&b.key_id).await?;
+        }
         t.key = Some(k.record.name.clone());
         t.version = Some(b.version);
         self.check(c, op, Some(&k.record.name), ctx, just)?;

@@ -5,6 +5,12 @@ pub enum StoreError {
     /// A record with this unique name already exists.
     #[error("{0} already exists")]
     Conflict(String),
+    /// The record changed since it was read (another node or request got there first).
+    #[error("{0} was changed by another request at the same time; retry")]
+    Changed(String),
+    /// The database cannot be reached right now (it may come back by itself).
+    #[error("storage is unreachable: {0}")]
+    Unavailable(String),
     /// The record to change does not exist.
     #[error("{0} does not exist")]
     NotFound(String),

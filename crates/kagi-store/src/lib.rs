@@ -5,12 +5,14 @@
 //! - [`AuditStore`]: the append-only audit chain. Synchronous, because one dedicated writer
 //!   thread batches records into group commits.
 //!
-//! SQLite implements both for the embedded default ([`sqlite`]).
+//! SQLite implements both for the embedded default ([`sqlite`]); PostgreSQL implements both
+//! for several nodes sharing one database ([`postgres`]).
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod postgres;
 pub mod sqlite;
 mod traits;
 
 pub use error::StoreError;
-pub use traits::{AuditStore, Checkpoint, KeyStore, TokenRecord};
+pub use traits::{AuditStore, Checkpoint, KeyStore, StoreChange, TokenRecord};

@@ -23,6 +23,8 @@ const KEY_MIGRATIONS: &[&str] = &[
         PRIMARY KEY (key_id, version));
      CREATE TABLE policies (name TEXT PRIMARY KEY, body TEXT NOT NULL);
      CREATE TABLE tokens (hash BLOB PRIMARY KEY, record TEXT NOT NULL);",
+    // 2: optimistic concurrency for key records.
+    "ALTER TABLE keys ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Audit-store schema migrations.
@@ -103,6 +105,38 @@ impl SqliteKeyStore {
         self.with(move |c| Ok(c.query_row(sql, [param], |r| r.get(0)).optional()?))
             .await
     }
+}
+
+/// The record as it will be stored (revision + 1), the revision it was read at, and its id.
+pub(crate) fn bumped(rec: &KeyRecord) -> Result<(String, u64, String), StoreError> {
+    let mut next = rec.clone();
+    next.revision += 1;
+    Ok((serde_json::to_string(&next)?, rec.revision, rec.id.to_hex()))
+}
+
+/// Replaces the record only if nobody changed it since revision `prev`.
+fn swap_record(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    prev: u64,
+    json: &str,
+) -> Result<(), StoreError> {
+    let n = tx.execute(
+        "UPDATE keys SET record = ?1, revision = revision + 1 WHERE id = ?2 AND revision = ?3",
+        params![json, id, prev as i64],
+    )?;
+    if n == 1 {
+        return Ok(());
+    }
+    let exists = tx
+        .query_row("SELECT 1 FROM keys WHERE id = ?1", [id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    Err(if exists {
+        StoreError::Changed(format!("key {id}"))
+    } else {
+        StoreError::NotFound(format!("key {id}"))
+    })
 }
 
 fn decode_key(text: String) -> Result<KeyRecord, StoreError> {
@@ -190,18 +224,11 @@ impl KeyStore for SqliteKeyStore {
         rec: &KeyRecord,
         new_version: Option<(u32, &[u8])>,
     ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(rec)?;
-        let id = rec.id.to_hex();
+        let (json, prev, id) = bumped(rec)?;
         let nv = new_version.map(|(v, w)| (v, w.to_vec()));
         self.with(move |c| {
             let tx = c.transaction()?;
-            let n = tx.execute(
-                "UPDATE keys SET record = ?1 WHERE id = ?2",
-                params![json, id],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("key {id}")));
-            }
+            swap_record(&tx, &id, prev, &json)?;
             if let Some((v, w)) = nv {
                 tx.execute(
                     "INSERT INTO key_versions (key_id, version, wrapped) VALUES (?1, ?2, ?3)",
@@ -215,18 +242,11 @@ impl KeyStore for SqliteKeyStore {
     }
 
     async fn destroy_key(&self, rec: &KeyRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(rec)?;
-        let id = rec.id.to_hex();
+        let (json, prev, id) = bumped(rec)?;
         self.with(move |c| {
             let tx = c.transaction()?;
+            swap_record(&tx, &id, prev, &json)?;
             tx.execute("DELETE FROM key_versions WHERE key_id = ?1", [&id])?;
-            let n = tx.execute(
-                "UPDATE keys SET record = ?1 WHERE id = ?2",
-                params![json, id],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("key {id}")));
-            }
             tx.commit()?;
             // Also push the erased pages out of the WAL into the (secure-deleted) main file.
             c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
@@ -439,6 +459,12 @@ mod tests {
         ));
         let v = rec.rotate(2).unwrap();
         s.update_key(&rec, Some((v, b"w2"))).await.unwrap();
+        // A second update from the same (now stale) revision is refused.
+        assert!(matches!(
+            s.update_key(&rec, None).await,
+            Err(StoreError::Changed(_))
+        ));
+        rec.revision += 1;
         drop(s);
         let s = SqliteKeyStore::open(&path).unwrap();
         let got = s.key_by_name("k1").await.unwrap().unwrap();

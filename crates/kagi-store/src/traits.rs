@@ -36,6 +36,19 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
+/// A change another node made, for caches to drop (PostgreSQL `LISTEN`/`NOTIFY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// A key record or its versions changed.
+    Key(String),
+    /// A policy was written or deleted.
+    Policy(String),
+    /// A token was revoked (by hash).
+    Token([u8; 32]),
+    /// Changes may have been missed (the notification channel was down): drop everything.
+    All,
+}
+
 /// Persistent state of the key service. Every method is one transaction.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
@@ -80,10 +93,23 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn get_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
     /// Revokes a token; false if it did not exist.
     async fn delete_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Changes made by other nodes sharing this store, as they commit. `None` for a store
+    /// only one process can open (SQLite).
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
+        None
+    }
+
+    /// Whether the database answers right now (readiness).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.get_setting("seal").await.map(|_| ())
+    }
 }
 
 /// The append-only audit chain. Records are opaque JSON lines here; kagi-audit owns their
-/// meaning. Appends are durable (fsync) when the call returns Ok, and all-or-nothing.
+/// meaning. Appends are durable (fsync) when the call returns Ok, and all-or-nothing. Several
+/// nodes may append to one chain: an append whose first record does not directly follow the
+/// stored head fails with `Changed`, and the writer re-chains its batch on the new head.
 pub trait AuditStore: Send + Sync + 'static {
     /// Appends records `(seq, json)` and, optionally, a checkpoint, in one transaction.
     fn append(
