@@ -193,14 +193,29 @@ impl Writer {
     }
 
     /// Reloads the chain head after another node appended (shared PostgreSQL chain).
+    /// The head may only move forward: a stored head behind what this node itself wrote
+    /// means records were removed, and re-chaining onto it would hide that, so it fails.
     fn reload_head(&mut self) -> Result<(), kagi_store::StoreError> {
-        if let Some((_, line)) = self.store.last()? {
-            let r: AuditRecord = serde_json::from_str(&line)
-                .map_err(|e| kagi_store::StoreError::Corrupt(e.to_string()))?;
-            self.seq = r.seq;
-            self.hash = r.hash;
+        let head = match self.store.last()? {
+            Some((_, line)) => {
+                let r: AuditRecord = serde_json::from_str(&line)
+                    .map_err(|e| kagi_store::StoreError::Corrupt(e.to_string()))?;
+                Some((r.seq, r.hash))
+            }
+            None => None,
+        };
+        match head {
+            Some((seq, hash)) if seq > self.seq => {
+                self.seq = seq;
+                self.hash = hash;
+                Ok(())
+            }
+            other => Err(kagi_store::StoreError::Corrupt(format!(
+                "the stored audit chain ends at record {} but this node already wrote record {}: records were removed; run `kagi audit verify`",
+                other.map_or(0, |h| h.0),
+                self.seq
+            ))),
         }
-        Ok(())
     }
 
     fn commit(&mut self, batch: &mut Vec<Pending>) {

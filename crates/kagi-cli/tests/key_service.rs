@@ -3,12 +3,11 @@
 
 mod support;
 
-use support::{assert_one_line_error, Server};
+use support::{assert_one_line_error, sql_str, Backend, Server};
 
-#[test]
-fn dev_server_generate_and_decrypt_with_context() {
+fn dev_server_generate_and_decrypt_with_context(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     assert!(s.addr.starts_with("http://127.0.0.1:"));
     s.ok(&["key", "create", "k1"]);
     let g = s.json(&["datakey", "generate", "k1", "--context", "tenant=acme"]);
@@ -30,12 +29,11 @@ fn dev_server_generate_and_decrypt_with_context() {
     assert!(w["ciphertext"].is_string());
 }
 
-#[test]
-fn rotation_kill_switch_deletion_and_restart() {
+fn rotation_kill_switch_deletion_and_restart(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (old_ct, new_ct, other_ct);
     {
-        let s = Server::dev(dir.path(), &[]);
+        let s = Server::on(&b, dir.path(), &[]);
         s.ok(&["key", "create", "k1"]);
         s.ok(&["key", "create", "k2"]);
         old_ct = s.json(&["datakey", "generate", "k1"])["ciphertext"]
@@ -75,7 +73,7 @@ fn rotation_kill_switch_deletion_and_restart() {
         s.ok(&["datakey", "decrypt", &old_ct]);
     }
     // Restart on the same data dir: every key and blob still works, with the same token.
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     assert_eq!(s.json(&["datakey", "decrypt", &old_ct])["key_version"], 1);
     assert_eq!(s.json(&["datakey", "decrypt", &new_ct])["key_version"], 2);
     assert_eq!(s.json(&["key", "show", "k1"])["current_version"], 2);
@@ -86,7 +84,7 @@ fn rotation_kill_switch_deletion_and_restart() {
     assert_one_line_error(&s.kagi(&["datakey", "decrypt", &old_ct]), "destroyed");
     assert_one_line_error(&s.kagi(&["datakey", "decrypt", &new_ct]), "destroyed");
     drop(s);
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     assert_one_line_error(&s.kagi(&["datakey", "decrypt", &old_ct]), "destroyed");
     // The destruction is on the audit log, with its time.
     let tail = s.json(&["audit", "tail", "-n", "50"]);
@@ -100,18 +98,18 @@ fn rotation_kill_switch_deletion_and_restart() {
     assert!(destroy["reason"].as_str().unwrap().contains("erased"));
     // Other keys are untouched.
     s.ok(&["datakey", "decrypt", &other_ct, "--context", "t=x"]);
-    // The material is gone from the database file.
-    let db = rusqlite::Connection::open(dir.path().join("kagi.db")).unwrap();
-    let n: i64 = db
-        .query_row("SELECT count(*) FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.name = 'k1'", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 0);
+    // The material is gone from the database.
+    let n = b.query(
+        dir.path(),
+        "kagi",
+        "SELECT count(*) FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE k.name = 'k1'",
+    );
+    assert_eq!(n, "0");
 }
 
-#[test]
-fn pending_window_and_cancel() {
+fn pending_window_and_cancel(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     s.ok(&["key", "create", "k1"]);
     let ct = s.json(&["datakey", "generate", "k1"])["ciphertext"]
         .as_str()
@@ -131,10 +129,9 @@ fn pending_window_and_cancel() {
     );
 }
 
-#[test]
-fn policies_restrict_tokens_and_denials_are_audited() {
+fn policies_restrict_tokens_and_denials_are_audited(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     s.ok(&["key", "create", "k1"]);
     s.ok(&["key", "create", "k2"]);
     let pol = dir.path().join("gen.toml");
@@ -244,10 +241,9 @@ fn policies_restrict_tokens_and_denials_are_audited() {
     assert_one_line_error(&s.kagi_as("", &["key", "list"]), "no credentials");
 }
 
-#[test]
-fn audit_verify_names_the_altered_record_in_store_and_file() {
+fn audit_verify_names_the_altered_record_in_store_and_file(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     s.ok(&["key", "create", "k1"]);
     for i in 0..5 {
         s.ok(&["datakey", "generate", "k1", "--context", &format!("n={i}")]);
@@ -286,37 +282,40 @@ fn audit_verify_names_the_altered_record_in_store_and_file() {
     assert!(cef.lines().all(|l| l.starts_with("CEF:0|kagi|kagi|")));
 
     // The store itself: alter record 5 behind the server's back.
-    let db = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    let rec: String = db
-        .query_row("SELECT record FROM audit_records WHERE seq = 5", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let rec = b.query(
+        dir.path(),
+        "audit",
+        "SELECT record FROM audit_records WHERE seq = 5",
+    );
     let altered = rec.replace("\"outcome\":\"success\"", "\"outcome\":\"denied\"");
     assert_ne!(rec, altered);
-    db.execute(
-        "UPDATE audit_records SET record = ?1 WHERE seq = 5",
-        [&altered],
-    )
-    .unwrap();
+    let set5 = |r: &str| {
+        b.execute(
+            dir.path(),
+            "audit",
+            &format!(
+                "UPDATE audit_records SET record = {} WHERE seq = 5",
+                sql_str(r)
+            ),
+        )
+    };
+    set5(&altered);
     assert_one_line_error(&s.kagi(&["audit", "verify"]), "record 5");
-    db.execute("UPDATE audit_records SET record = ?1 WHERE seq = 5", [&rec])
-        .unwrap();
+    set5(&rec);
     assert!(s.ok(&["audit", "verify"]).contains("verified"));
     // Deleting the newest record is noticed as well.
-    let last: i64 = db
-        .query_row("SELECT max(seq) FROM audit_records", [], |r| r.get(0))
-        .unwrap();
-    db.execute("DELETE FROM audit_records WHERE seq = ?1", [last])
-        .unwrap();
+    let last = b.query(dir.path(), "audit", "SELECT max(seq) FROM audit_records");
+    b.execute(
+        dir.path(),
+        "audit",
+        &format!("DELETE FROM audit_records WHERE seq = {last}"),
+    );
     assert_one_line_error(&s.kagi(&["audit", "verify"]), &format!("record {last}"));
 }
 
-#[test]
-fn malformed_input_gets_a_clear_4xx() {
+fn malformed_input_gets_a_clear_4xx(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     s.ok(&["key", "create", "k1"]);
     let ct = s.json(&["datakey", "generate", "k1"])["ciphertext"]
         .as_str()
@@ -406,10 +405,9 @@ fn malformed_input_gets_a_clear_4xx() {
     assert_eq!(code, 200, "{text}");
 }
 
-#[test]
-fn small_payloads_and_batches() {
+fn small_payloads_and_batches(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     s.ok(&["key", "create", "k1"]);
     let body = serde_json::json!({"key": "k1", "plaintext": "aGVsbG8=", "context": {"a": "b"}})
         .to_string();
@@ -473,10 +471,9 @@ fn small_payloads_and_batches() {
     assert!(res[3]["error"].as_str().unwrap().contains("truncated"));
 }
 
-#[test]
-fn automatic_rotation_follows_the_period() {
+fn automatic_rotation_follows_the_period(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::dev(dir.path(), &[]);
+    let s = Server::on(&b, dir.path(), &[]);
     let k = s.json(&["key", "create", "auto", "--rotation-period", "2s"]);
     assert_eq!(k["rotation_period"], "2s");
     assert!(k["next_rotation"].is_string());
@@ -508,3 +505,34 @@ fn automatic_rotation_follows_the_period() {
         "invalid duration",
     );
 }
+
+/// Every test above, once on SQLite and once on its own PostgreSQL database.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                if let Some(b) = super::Backend::postgres(concat!("postgres::", stringify!($name))) {
+                    super::$name(b)
+                }
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    dev_server_generate_and_decrypt_with_context,
+    rotation_kill_switch_deletion_and_restart,
+    pending_window_and_cancel,
+    policies_restrict_tokens_and_denials_are_audited,
+    audit_verify_names_the_altered_record_in_store_and_file,
+    malformed_input_gets_a_clear_4xx,
+    small_payloads_and_batches,
+    automatic_rotation_follows_the_period,
+);

@@ -25,10 +25,15 @@ impl StorageConfig {
     pub fn postgres_url(&self) -> Result<String, String> {
         match (&self.url, &self.url_env) {
             (Some(u), None) => Ok(u.clone()),
-            (None, Some(v)) => std::env::var(v).ok().filter(|u| !u.is_empty()).ok_or_else(|| {
-                format!("[storage] url_env = {v:?}, but that environment variable is not set")
-            }),
-            _ => Err("[storage] backend = \"postgres\" needs exactly one of url and url_env".into()),
+            (None, Some(v)) => std::env::var(v)
+                .ok()
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    format!("[storage] url_env = {v:?}, but that environment variable is not set")
+                }),
+            _ => {
+                Err("[storage] backend = \"postgres\" needs exactly one of url and url_env".into())
+            }
         }
     }
 }
@@ -121,7 +126,8 @@ impl ServerConfig {
             "postgres" => {
                 if c.storage.url.is_some() == c.storage.url_env.is_some() {
                     return Err(
-                        "[storage] backend = \"postgres\" needs exactly one of url and url_env".into(),
+                        "[storage] backend = \"postgres\" needs exactly one of url and url_env"
+                            .into(),
                     );
                 }
                 if c.audit.path.is_some() {

@@ -254,7 +254,9 @@ impl KeyService {
                 loop {
                     let change = match rx.recv().await {
                         Ok(c) => c,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => StoreChange::All,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            StoreChange::All
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     };
                     let Some(svc) = weak.upgrade() else { return };
@@ -1139,7 +1141,10 @@ impl KeyService {
         self.record_then(c, t, async {
             self.store.update_key(&rec, None).await?;
             self.forget(&rec.name)?;
-            Ok(rec.clone())
+            Ok(KeyRecord {
+                revision: rec.revision + 1,
+                ..rec.clone()
+            })
         })
         .await
     }
@@ -1173,7 +1178,10 @@ impl KeyService {
         self.record_then(c, t, async {
             self.store.update_key(&rec, Some((v, &wrapped))).await?;
             self.forget(&rec.name)?;
-            Ok(rec.clone())
+            Ok(KeyRecord {
+                revision: rec.revision + 1,
+                ..rec.clone()
+            })
         })
         .await
     }
@@ -1263,7 +1271,10 @@ impl KeyService {
         self.record_then(c, t, async {
             self.store.destroy_key(&rec).await?;
             self.forget(&rec.name)?;
-            Ok(rec.clone())
+            Ok(KeyRecord {
+                revision: rec.revision + 1,
+                ..rec.clone()
+            })
         })
         .await
     }

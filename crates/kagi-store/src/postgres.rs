@@ -428,12 +428,14 @@ impl KeyStore for PgKeyStore {
 
     async fn list_policies(&self) -> Result<Vec<(String, String)>, StoreError> {
         let c = self.client().await?;
-        Ok(c.query("SELECT name, body FROM policies ORDER BY name", &[])
-            .await
-            .map_err(pg_err)?
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
+        Ok(
+            c.query("SELECT name, body FROM policies ORDER BY name", &[])
+                .await
+                .map_err(pg_err)?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+        )
     }
 
     async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {

@@ -212,3 +212,136 @@ pub fn metric(text: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in metrics"))
 }
+
+/// Where a test server keeps its state: the embedded SQLite default, or a fresh PostgreSQL
+/// database of its own (dropped when the test ends).
+pub enum Backend {
+    Sqlite,
+    Postgres { url: String, name: String },
+}
+
+/// The PostgreSQL role scripts/test creates (TESTING.md); override with KAGI_TEST_PG.
+pub fn pg_admin_url() -> String {
+    std::env::var("KAGI_TEST_PG")
+        .unwrap_or_else(|_| "postgres://kagitest:kagitest@127.0.0.1:5432/kagitest".into())
+}
+
+/// `psql` against `url`, one statement, unaligned tuples-only output.
+pub fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let o = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .map_err(|e| format!("psql: {e}"))?;
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+impl Backend {
+    /// A fresh PostgreSQL database for `test`, or None (reported as skipped) when PostgreSQL
+    /// is not reachable.
+    pub fn postgres(test: &str) -> Option<Backend> {
+        let admin = pg_admin_url();
+        let name = format!(
+            "kt_{}_{:x}",
+            std::process::id(),
+            u64::from_le_bytes(kagi_crypto::random_array())
+        );
+        if let Err(e) = psql(&admin, &format!("CREATE DATABASE {name}")) {
+            skip(
+                test,
+                &format!("PostgreSQL is not reachable at {admin} ({e}); scripts/test starts it"),
+            );
+            return None;
+        }
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        Some(Backend::Postgres {
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Backend::Postgres { .. })
+    }
+
+    /// Extra `kagi server --dev` arguments for this backend.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            Backend::Sqlite => vec![],
+            Backend::Postgres { url, .. } => vec!["--storage-url".into(), url.clone()],
+        }
+    }
+
+    /// One value from the key store (`db = "kagi"`) or audit store (`"audit"`) by raw SQL.
+    pub fn query(&self, dir: &Path, db: &str, sql: &str) -> String {
+        match self {
+            Backend::Sqlite => {
+                let c = rusqlite::Connection::open(dir.join(format!("{db}.db"))).unwrap();
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                c.query_row(sql, [], |r| {
+                    Ok(match r.get_ref(0)? {
+                        rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            String::from_utf8_lossy(t).to_string()
+                        }
+                        other => format!("{other:?}"),
+                    })
+                })
+                .unwrap()
+            }
+            Backend::Postgres { url, .. } => psql(url, sql).unwrap(),
+        }
+    }
+
+    /// Runs a statement against the key store or audit store behind the server's back.
+    pub fn execute(&self, dir: &Path, db: &str, sql: &str) {
+        match self {
+            Backend::Sqlite => {
+                let c = rusqlite::Connection::open(dir.join(format!("{db}.db"))).unwrap();
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                c.execute_batch(sql).unwrap();
+            }
+            Backend::Postgres { url, .. } => {
+                psql(url, sql).unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Backend::Postgres { name, .. } = self {
+            let _ = psql(
+                &pg_admin_url(),
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+impl Server {
+    /// A dev server on `backend`.
+    pub fn on(backend: &Backend, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut args: Vec<String> = backend.args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::dev(data_dir, &refs)
+    }
+}
+
+/// Single-quoted SQL string literal.
+pub fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
