@@ -62,7 +62,10 @@ fn two_nodes_share_keys_and_the_kill_switch() {
     n2.ok(&["key", "enable", "k1"]);
     let start = Instant::now();
     while !a.kagi(&["datakey", "generate", "k1"]).status.success() {
-        assert!(start.elapsed() < Duration::from_secs(1), "enable did not reach node a");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "enable did not reach node a"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -90,14 +93,28 @@ fn two_nodes_share_keys_and_the_kill_switch() {
     assert_one_line_error(&a.kagi_as(tok, &["datakey", "generate", "k1"]), "denied");
     write("\"describe\", \"generate\"");
     let start = Instant::now();
-    while !a.kagi_as(tok, &["datakey", "generate", "k1"]).status.success() {
-        assert!(start.elapsed() < Duration::from_secs(1), "policy did not reach node a");
+    while !a
+        .kagi_as(tok, &["datakey", "generate", "k1"])
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "policy did not reach node a"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     n2.ok(&["token", "revoke", tok]);
     let start = Instant::now();
-    while a.kagi_as(tok, &["datakey", "generate", "k1"]).status.success() {
-        assert!(start.elapsed() < Duration::from_secs(1), "revocation did not reach node a");
+    while a
+        .kagi_as(tok, &["datakey", "generate", "k1"])
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revocation did not reach node a"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // One audit chain, written by both nodes, verifies from either.
@@ -122,7 +139,9 @@ async fn load(c: Client, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>)
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         n += 1;
         if n % 10 == 0 {
-            let _ = c.post::<Value, _>("/v1/keys/crash/rotate", &json!({})).await;
+            let _ = c
+                .post::<Value, _>("/v1/keys/crash/rotate", &json!({}))
+                .await;
             continue;
         }
         match c
@@ -162,7 +181,9 @@ fn nodes_killed_under_load_lose_nothing_acknowledged() {
             stop.clone(),
         ));
         // A random moment between 100 and 700 ms into the load.
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         std::thread::sleep(Duration::from_millis(100 + (seed >> 33) % 600));
         victim.child.kill().unwrap();
         victim.child.wait().unwrap();
@@ -176,11 +197,17 @@ fn nodes_killed_under_load_lose_nothing_acknowledged() {
 
     // Every acknowledged data key decrypts, on either node, to what was handed out.
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 20, "only {} data keys acknowledged", acked.len());
+    assert!(
+        acked.len() > 20,
+        "only {} data keys acknowledged",
+        acked.len()
+    );
     for (i, (ct, pt)) in acked.iter().enumerate() {
         let n = if i % 2 == 0 { &a } else { &victim };
         let got: Value = rt
-            .block_on(client(&n.addr, &token).post("/v1/datakey/decrypt", &json!({"ciphertext": ct})))
+            .block_on(
+                client(&n.addr, &token).post("/v1/datakey/decrypt", &json!({"ciphertext": ct})),
+            )
             .unwrap();
         assert_eq!(got["plaintext"].as_str().unwrap(), pt, "data key {i}");
     }

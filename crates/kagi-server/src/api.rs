@@ -272,6 +272,13 @@ pub struct Health {
     pub sealed: bool,
     /// False while the audit log cannot write (key operations are refused then).
     pub audit_writable: bool,
+    /// The key store answers (a PostgreSQL outage shows here).
+    pub storage_reachable: bool,
+    /// Liveness: the process serves requests (always true when it answers).
+    pub live: bool,
+    /// Readiness: initialized, unsealed, storage reachable and audit writable — route key
+    /// traffic here. `GET /v1/health/ready` answers 503 when this is false.
+    pub ready: bool,
 }
 
 /// `POST /v1/sys/init`.
@@ -708,19 +715,50 @@ pub struct VerifyView {
 
 // ------------------------------------------------------------------ handlers
 
-#[utoipa::path(get, path = "/v1/health", tag = "sys", responses((status = 200, body = Health)))]
-async fn health(State(svc): State<AppState>) -> ApiResult<Health> {
+async fn health_now(svc: &AppState) -> Result<Health, ApiError> {
     let s = svc.status()?;
-    Ok(Json(Health {
+    let audit_writable = !svc
+        .audit()
+        .stats()
+        .failing
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let storage_reachable = svc.storage_reachable().await;
+    Ok(Health {
         status: "ok".into(),
         initialized: s.initialized,
         sealed: s.sealed,
-        audit_writable: !svc
-            .audit()
-            .stats()
-            .failing
-            .load(std::sync::atomic::Ordering::Relaxed),
-    }))
+        audit_writable,
+        storage_reachable,
+        live: true,
+        ready: s.initialized && !s.sealed && audit_writable && storage_reachable,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "sys", responses((status = 200, body = Health)))]
+async fn health(State(svc): State<AppState>) -> ApiResult<Health> {
+    Ok(Json(health_now(&svc).await?))
+}
+
+/// Liveness for orchestrators: 200 whenever the process serves requests.
+#[utoipa::path(get, path = "/v1/health/live", tag = "sys", responses((status = 200, body = Health)))]
+async fn health_live(State(svc): State<AppState>) -> ApiResult<Health> {
+    Ok(Json(health_now(&svc).await?))
+}
+
+/// Readiness for load balancers: 200 when this node can serve key operations, else 503 with
+/// the same body.
+#[utoipa::path(get, path = "/v1/health/ready", tag = "sys",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn health_ready(
+    State(svc): State<AppState>,
+) -> Result<(axum::http::StatusCode, Json<Health>), ApiError> {
+    let h = health_now(&svc).await?;
+    let code = if h.ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((code, Json(h)))
 }
 
 #[utoipa::path(get, path = "/v1/sys/status", tag = "sys", responses((status = 200, body = SealStatus)))]
@@ -1310,6 +1348,8 @@ async fn method_not_allowed() -> ApiError {
 pub fn router(svc: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/health/live", get(health_live))
+        .route("/v1/health/ready", get(health_ready))
         .route("/v1/sys/status", get(sys_status))
         .route("/v1/sys/init", post(sys_init))
         .route("/v1/sys/unseal", post(sys_unseal))

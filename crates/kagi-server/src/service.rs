@@ -305,6 +305,14 @@ impl KeyService {
         Ok(())
     }
 
+    /// Whether the key store answers within two seconds (readiness).
+    pub async fn storage_reachable(&self) -> bool {
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.store.ping()).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
