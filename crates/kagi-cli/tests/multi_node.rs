@@ -138,7 +138,7 @@ async fn load(c: Client, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>)
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         n += 1;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             let _ = c
                 .post::<Value, _>("/v1/keys/crash/rotate", &json!({}))
                 .await;
