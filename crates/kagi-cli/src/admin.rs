@@ -11,14 +11,15 @@ use crate::Conn;
 
 #[derive(Subcommand, Debug)]
 pub enum OperatorCmd {
-    /// Make the master key, split it into unseal shares, and make a root token.
+    /// Make the master key, split it into unseal shares, and make a root token (with an HSM
+    /// seal: no shares, the HSM key is the master key).
     Init {
-        /// Number of shares.
-        #[arg(long)]
-        shares: u8,
-        /// Shares needed to unseal.
-        #[arg(long)]
-        threshold: u8,
+        /// Number of shares (Shamir).
+        #[arg(long, requires = "threshold")]
+        shares: Option<u8>,
+        /// Shares needed to unseal (Shamir).
+        #[arg(long, requires = "shares")]
+        threshold: Option<u8>,
         #[command(flatten)]
         out: Out,
     },
@@ -129,10 +130,14 @@ pub async fn operator(conn: &Conn, cmd: OperatorCmd) -> Result<(), Fail> {
                     t.push_str(&format!("Unseal share {}: {}\n", i + 1, s(sh)));
                 }
                 t.push_str(&format!("Root token: {}\n\n", s(&v["root_token"])));
-                t.push_str(&format!(
-                    "The key service is sealed. Give {} of these shares with `kagi operator unseal`.\nKeep each share with a different person; kagi does not keep them.\n",
-                    s(&v["threshold"])
-                ));
+                if v["shares"].as_array().is_none_or(|a| a.is_empty()) {
+                    t.push_str("The master key is the HSM's: the key service is unsealed, and unseals by itself at every start.\n");
+                } else {
+                    t.push_str(&format!(
+                        "The key service is sealed. Give {} of these shares with `kagi operator unseal`.\nKeep each share with a different person; kagi does not keep them.\n",
+                        s(&v["threshold"])
+                    ));
+                }
                 t
             });
         }

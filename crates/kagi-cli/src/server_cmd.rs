@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use kagi_server::seal_pkcs11::Pkcs11MasterKey;
 use kagi_server::service::{KeyService, ServiceOptions};
 use kagi_server::ServerConfig;
 use kagi_store::postgres::{PgAuditStore, PgKeyStore};
@@ -135,6 +136,7 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
         dev: true,
         allow_immediate_deletion: true,
         cert_principals: Default::default(),
+        hsm: None,
     };
     let svc = KeyService::open(store, audit, opts)
         .await
@@ -162,6 +164,19 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
 }
 
 async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
+    // The HSM first: if it does not answer, nothing is opened or written.
+    let hsm = match cfg.seal.kind.as_str() {
+        "pkcs11" => {
+            let p = cfg.seal.pkcs11().map_err(Fail)?;
+            let k = tokio::task::spawn_blocking(move || Pkcs11MasterKey::open(&p))
+                .await
+                .map_err(|e| Fail(format!("HSM: {e}")))?
+                .map_err(|e| Fail(format!("cannot start: {e}")))?;
+            let k: Arc<dyn kagi_server::seal::MasterKey> = Arc::new(k);
+            Some(k)
+        }
+        _ => None,
+    };
     let url;
     let (key_db, audit_db);
     let backend = if cfg.storage.backend == "postgres" {
@@ -195,10 +210,14 @@ async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
         dev: false,
         allow_immediate_deletion: cfg.allow_immediate_deletion,
         cert_principals: cfg.auth.certificates.clone(),
+        hsm,
     };
     let svc = KeyService::open(store, audit, opts)
         .await
         .map_err(|e| Fail(e.to_string()))?;
+    svc.auto_unseal()
+        .await
+        .map_err(|e| Fail(format!("cannot start: {e}")))?;
     let tls = cfg
         .tls
         .as_ref()

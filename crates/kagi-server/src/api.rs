@@ -285,10 +285,12 @@ pub struct Health {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
-    /// Shares to make (1-255).
-    pub shares: u8,
-    /// Shares needed to unseal (1-shares).
-    pub threshold: u8,
+    /// Shares to make (1-255); required for Shamir sealing, ignored with an HSM.
+    #[serde(default)]
+    pub shares: Option<u8>,
+    /// Shares needed to unseal (1-shares); required for Shamir sealing, ignored with an HSM.
+    #[serde(default)]
+    pub threshold: Option<u8>,
 }
 
 /// Init result: shown once.
@@ -296,7 +298,7 @@ pub struct InitRequest {
 pub struct InitResponse {
     /// Unseal shares, base64.
     pub shares: Vec<String>,
-    /// Shares needed.
+    /// Shares needed (0 with an HSM: it unseals by itself).
     pub threshold: u8,
     /// The root token.
     pub root_token: String,
@@ -775,8 +777,12 @@ async fn sys_init(
 ) -> ApiResult<InitResponse> {
     let (shares, root) = svc.init(&c, r.shares, r.threshold).await?;
     Ok(Json(InitResponse {
+        threshold: if shares.is_empty() {
+            0
+        } else {
+            r.threshold.unwrap_or(0)
+        },
         shares: shares.iter().map(|s| B64.encode(s.expose())).collect(),
-        threshold: r.threshold,
         root_token: root,
     }))
 }

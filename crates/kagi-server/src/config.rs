@@ -50,17 +50,58 @@ pub struct AuditConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SealConfig {
-    /// `shamir` (operator unseal shares); `pkcs11` is planned.
+    /// `shamir` (operator unseal shares) or `pkcs11` (an HSM-held master key, auto-unseal).
     #[serde(rename = "type")]
     pub kind: String,
     /// PKCS#11 module path.
     pub library: Option<PathBuf>,
     /// PKCS#11 token label.
     pub token_label: Option<String>,
+    /// PKCS#11 slot id (instead of token_label).
+    pub slot: Option<u64>,
     /// Environment variable holding the PKCS#11 PIN.
     pub pin_env: Option<String>,
+    /// File holding the PKCS#11 PIN (first line).
+    pub pin_file: Option<PathBuf>,
     /// Label of the master key object.
     pub key_label: Option<String>,
+}
+
+impl SealConfig {
+    /// The PKCS#11 settings, with the PIN read from its environment variable or file.
+    pub fn pkcs11(&self) -> Result<crate::seal_pkcs11::Pkcs11Config, String> {
+        let library = self
+            .library
+            .clone()
+            .ok_or("[seal] type = \"pkcs11\" needs library (the PKCS#11 module path)")?;
+        let key_label = self
+            .key_label
+            .clone()
+            .ok_or("[seal] type = \"pkcs11\" needs key_label")?;
+        let pin = match (&self.pin_env, &self.pin_file) {
+            (Some(v), None) => std::env::var(v).map_err(|_| {
+                format!("[seal] pin_env = {v:?}, but that environment variable is not set")
+            })?,
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| format!("[seal] pin_file {}: {e}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            _ => {
+                return Err(
+                    "[seal] type = \"pkcs11\" needs exactly one of pin_env and pin_file".into(),
+                )
+            }
+        };
+        Ok(crate::seal_pkcs11::Pkcs11Config {
+            library,
+            token_label: self.token_label.clone(),
+            slot: self.slot,
+            pin,
+            key_label,
+        })
+    }
 }
 
 /// TLS for the listener.
@@ -143,12 +184,25 @@ impl ServerConfig {
         match c.seal.kind.as_str() {
             "shamir" => {}
             "pkcs11" => {
-                return Err(
-                    "[seal] type = \"pkcs11\" is not available in this build yet; use \"shamir\""
-                        .into(),
-                )
+                if c.seal.library.is_none() || c.seal.key_label.is_none() {
+                    return Err("[seal] type = \"pkcs11\" needs library and key_label".into());
+                }
+                if c.seal.token_label.is_none() == c.seal.slot.is_none() {
+                    return Err(
+                        "[seal] type = \"pkcs11\" needs exactly one of token_label and slot".into(),
+                    );
+                }
+                if c.seal.pin_env.is_none() == c.seal.pin_file.is_none() {
+                    return Err(
+                        "[seal] type = \"pkcs11\" needs exactly one of pin_env and pin_file".into(),
+                    );
+                }
             }
-            other => return Err(format!("[seal] type {other:?} is unknown: use \"shamir\"")),
+            other => {
+                return Err(format!(
+                    "[seal] type {other:?} is unknown: use \"shamir\" or \"pkcs11\""
+                ))
+            }
         }
         if c.tls.is_none() && !c.listen.ip().is_loopback() {
             return Err(format!(

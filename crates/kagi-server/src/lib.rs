@@ -10,6 +10,7 @@ mod listener;
 mod metrics;
 mod openapi;
 pub mod seal;
+pub mod seal_pkcs11;
 pub mod service;
 mod tokens;
 

@@ -32,6 +32,21 @@ pub struct ServiceOptions {
     pub allow_immediate_deletion: bool,
     /// Client-certificate subject CN → policies.
     pub cert_principals: BTreeMap<String, Vec<String>>,
+    /// `[seal] type = "pkcs11"`: the HSM-held master key (auto-unseal).
+    pub hsm: Option<Arc<dyn MasterKey>>,
+}
+
+/// An HSM master key shared between the options and the unsealed state.
+#[derive(Debug)]
+struct SharedMaster(Arc<dyn MasterKey>);
+
+impl MasterKey for SharedMaster {
+    fn wrap(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ServiceError> {
+        self.0.wrap(aad, plaintext)
+    }
+    fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<SecretBytes, ServiceError> {
+        self.0.unwrap(aad, wrapped)
+    }
 }
 
 /// Who is calling, established once per request by [`KeyService::authenticate`].
@@ -641,13 +656,38 @@ impl KeyService {
         Ok(token)
     }
 
+    /// Start-up with `[seal] type = "pkcs11"`: unseals with the HSM key when the store was
+    /// initialized with it. Checks before writing anything: a store sealed another way, or an
+    /// HSM key that is not the one the store was initialized with, is refused.
+    pub async fn auto_unseal(&self) -> Result<(), ServiceError> {
+        let seal = self.seal.read().map_err(lock_err)?.clone();
+        match (&self.opts.hsm, seal) {
+            (None, Some(s)) if s.kind == "pkcs11" => Err(ServiceError::Conflict(
+                "this store is sealed by an HSM: configure [seal] type = \"pkcs11\"".into(),
+            )),
+            (None, _) | (Some(_), None) => Ok(()),
+            (Some(_), Some(s)) if s.kind != "pkcs11" => Err(ServiceError::Conflict(format!(
+                "this store is sealed with {} (operator shares), not an HSM; keep [seal] type = \"{}\"",
+                s.kind, s.kind
+            ))),
+            (Some(hsm), Some(s)) => {
+                if !s.matches(hsm.as_ref()) {
+                    return Err(ServiceError::Conflict(
+                        "the HSM key is not the master key this store was initialized with".into(),
+                    ));
+                }
+                self.install_master(Box::new(SharedMaster(hsm.clone()))).await
+            }
+        }
+    }
+
     /// `operator init`: makes the master key, splits it into shares, makes a root token.
     /// The service stays sealed until unsealed with the shares.
     pub async fn init(
         &self,
         c: &Caller,
-        shares: u8,
-        threshold: u8,
+        shares: Option<u8>,
+        threshold: Option<u8>,
     ) -> Result<(Vec<SecretBytes>, String), ServiceError> {
         let t = Trail::new("sys.init", None, &EMPTY_CTX, None);
         let _g = self.lifecycle.lock().await;
@@ -655,6 +695,20 @@ impl KeyService {
             if self.seal.read().map_err(lock_err)?.is_some() {
                 return Err(ServiceError::Conflict("the key service is already initialized".into()));
             }
+            if let Some(hsm) = &self.opts.hsm {
+                // The master key is the HSM's: no shares; unsealed from now on.
+                let rec = SealRecord::new("pkcs11", 0, 0, hsm.as_ref())?;
+                self.store.put_setting("seal", &serde_json::to_vec(&rec).map_err(|e| ServiceError::Internal(e.to_string()))?).await?;
+                *self.seal.write().map_err(lock_err)? = Some(rec);
+                self.install_master(Box::new(SharedMaster(hsm.clone()))).await?;
+                let root = self.new_root_token("init").await?;
+                return Ok((Vec::new(), root));
+            }
+            let (Some(shares), Some(threshold)) = (shares, threshold) else {
+                return Err(ServiceError::BadRequest(
+                    "Shamir sealing needs shares and threshold (kagi operator init --shares N --threshold M)".into(),
+                ));
+            };
             if threshold < 1 || shares < threshold {
                 return Err(ServiceError::BadRequest(format!(
                     "need 1 <= threshold <= shares <= 255, got threshold {threshold} of {shares} shares"

@@ -60,9 +60,15 @@ impl Server {
 
     /// `kagi server --config FILE`, waiting until it answers.
     pub fn config(file: &Path, addr: &str, data_dir: &Path) -> Server {
+        Self::config_env(file, addr, data_dir, &[])
+    }
+
+    /// As [`config`](Self::config), with extra environment variables for the server.
+    pub fn config_env(file: &Path, addr: &str, data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let child = Command::new(kagi_bin())
             .args(["server", "--config"])
             .arg(file)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
