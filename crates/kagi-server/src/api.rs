@@ -23,6 +23,8 @@ use crate::ServiceError;
 
 /// Largest request body accepted (a batch of 1000 blobs fits easily).
 pub const MAX_BODY: usize = 1 << 20;
+/// Largest backup `POST /v1/sys/restore` accepts.
+pub const MAX_BACKUP: usize = 512 << 20;
 
 /// Per-connection facts the listener attaches to every request.
 #[derive(Debug, Clone)]
@@ -763,6 +765,27 @@ async fn health_ready(
     Ok((code, Json(h)))
 }
 
+/// A consistent, integrity-protected snapshot of the key store (key material stays wrapped).
+#[utoipa::path(get, path = "/v1/sys/backup", tag = "sys", security(("token" = [])),
+    responses((status = 200, body = crate::backup::Backup), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn sys_backup(
+    State(svc): State<AppState>,
+    Authed(c): Authed,
+) -> ApiResult<crate::backup::Backup> {
+    Ok(Json(svc.backup(&c).await?))
+}
+
+/// Loads a backup into an empty, uninitialized store (Shamir: then unseal with its shares).
+#[utoipa::path(post, path = "/v1/sys/restore", tag = "sys", request_body = crate::backup::Backup,
+    responses((status = 200, body = SealStatus), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn sys_restore(
+    State(svc): State<AppState>,
+    Anonymous(c): Anonymous,
+    ApiJson(b): ApiJson<crate::backup::Backup>,
+) -> ApiResult<SealStatus> {
+    Ok(Json(svc.restore(&c, b).await?))
+}
+
 #[utoipa::path(get, path = "/v1/sys/status", tag = "sys", responses((status = 200, body = SealStatus)))]
 async fn sys_status(State(svc): State<AppState>) -> ApiResult<SealStatus> {
     Ok(Json(svc.status()?))
@@ -1360,6 +1383,11 @@ pub fn router(svc: AppState) -> Router {
         .route("/v1/sys/init", post(sys_init))
         .route("/v1/sys/unseal", post(sys_unseal))
         .route("/v1/sys/seal", post(sys_seal))
+        .route("/v1/sys/backup", get(sys_backup))
+        .route(
+            "/v1/sys/restore",
+            post(sys_restore).layer(DefaultBodyLimit::max(MAX_BACKUP)),
+        )
         .route("/v1/keys", get(list_keys).post(create_key))
         .route("/v1/keys/{name}", get(show_key))
         .route("/v1/keys/{name}/rotate", post(rotate_key))

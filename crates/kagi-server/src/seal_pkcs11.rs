@@ -118,11 +118,13 @@ impl Pkcs11MasterKey {
                     cfg.key_label
                 )))
             }
-            _ => return Err(ServiceError::Storage(format!(
+            _ => {
+                return Err(ServiceError::Storage(format!(
                 "HSM: {} AES keys are labelled {:?} on token {token:?}; the label must name one",
                 keys.len(),
                 cfg.key_label
-            ))),
+            )))
+            }
         };
         let attrs = session
             .get_attributes(key, &[AttributeType::Extractable, AttributeType::ValueLen])

@@ -209,6 +209,8 @@ pub struct KeyService {
     tokens: RwLock<HashMap<[u8; 32], TokenRecord>>,
     lifecycle: tokio::sync::Mutex<()>,
     metrics: Metrics,
+    /// A Shamir backup given to `restore`, held in memory until the shares verify it.
+    pending_restore: Mutex<Option<crate::backup::Backup>>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -260,6 +262,7 @@ impl KeyService {
             tokens: RwLock::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
+            pending_restore: Mutex::new(None),
         });
         if let Some(mut rx) = svc.store.changes() {
             // Other nodes' changes (PostgreSQL NOTIFY): drop what they made stale, so a key
@@ -681,6 +684,81 @@ impl KeyService {
         }
     }
 
+    /// `operator backup`: a consistent snapshot of the key store, bound to the master key.
+    pub async fn backup(&self, c: &Caller) -> Result<crate::backup::Backup, ServiceError> {
+        let t = Trail::new("sys.backup", None, &EMPTY_CTX, None);
+        let r = async {
+            let u = self.master()?;
+            self.check(c, Operation::Manage, None, &EMPTY_CTX, None)?;
+            let snap = self.store.snapshot().await?;
+            crate::backup::make(u.master.as_ref(), snap)
+        }
+        .await;
+        self.finish(c, t, r).await
+    }
+
+    /// `operator restore`: loads a backup into this empty, uninitialized store. With an HSM
+    /// seal it is verified and written at once; with Shamir it waits, in memory, for the
+    /// unseal shares of the backed-up deployment, which verify it before anything is written.
+    pub async fn restore(
+        &self,
+        c: &Caller,
+        b: crate::backup::Backup,
+    ) -> Result<SealStatus, ServiceError> {
+        let t = Trail::new("sys.restore", None, &EMPTY_CTX, None);
+        let _g = self.lifecycle.lock().await;
+        let r = async {
+            if self.seal.read().map_err(lock_err)?.is_some() {
+                return Err(ServiceError::Conflict(
+                    "this key service is initialized: restore needs an empty, uninitialized store".into(),
+                ));
+            }
+            let rec = crate::backup::seal_record(&b.snapshot)?;
+            match (rec.kind.as_str(), &self.opts.hsm) {
+                ("pkcs11", Some(hsm)) => {
+                    if !rec.matches(hsm.as_ref()) {
+                        return Err(ServiceError::Conflict(
+                            "the backup was made under another HSM key than this one".into(),
+                        ));
+                    }
+                    crate::backup::verify(hsm.as_ref(), &b)?;
+                    self.store.restore(&b.snapshot).await?;
+                    *self.seal.write().map_err(lock_err)? = Some(rec);
+                    self.apply_change(StoreChange::All).await?;
+                    self.install_master(Box::new(SharedMaster(hsm.clone()))).await?;
+                }
+                ("pkcs11", None) => {
+                    return Err(ServiceError::Conflict(
+                        "the backup is sealed by an HSM: configure [seal] type = \"pkcs11\" with its key".into(),
+                    ))
+                }
+                ("shamir", None) => {
+                    if b.format != crate::backup::BACKUP_FORMAT {
+                        return Err(ServiceError::BadRequest(format!(
+                            "not a kagi backup (format {:?})",
+                            b.format
+                        )));
+                    }
+                    *self.pending_restore.lock().map_err(lock_err)? = Some(b);
+                    *self.seal.write().map_err(lock_err)? = Some(rec);
+                }
+                ("shamir", Some(_)) => {
+                    return Err(ServiceError::Conflict(
+                        "the backup is sealed with Shamir shares: configure [seal] type = \"shamir\"".into(),
+                    ))
+                }
+                (other, _) => {
+                    return Err(ServiceError::BadRequest(format!(
+                        "a {other} deployment cannot be restored"
+                    )))
+                }
+            }
+            self.status()
+        }
+        .await;
+        self.finish(c, t, r).await
+    }
+
     /// `operator init`: makes the master key, splits it into shares, makes a root token.
     /// The service stays sealed until unsealed with the shares.
     pub async fn init(
@@ -797,6 +875,20 @@ impl KeyService {
         let master = SoftwareMasterKey::new(&key);
         if !seal.matches(&master) {
             return Err(wrong());
+        }
+        let pending = self.pending_restore.lock().map_err(lock_err)?.take();
+        if let Some(b) = pending {
+            // A restore waiting for its master key: verify, then write, then unseal.
+            let r = match crate::backup::verify(&master, &b) {
+                Ok(()) => self.store.restore(&b.snapshot).await.map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                *self.seal.write().map_err(lock_err)? = None;
+                return Err(e);
+            }
+            self.apply_change(StoreChange::All).await?;
+            tracing::info!("backup restored");
         }
         self.install_master(Box::new(master)).await?;
         tracing::info!("key service unsealed");

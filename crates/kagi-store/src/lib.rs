@@ -15,4 +15,4 @@ pub mod sqlite;
 mod traits;
 
 pub use error::StoreError;
-pub use traits::{AuditStore, Checkpoint, KeyStore, StoreChange, TokenRecord};
+pub use traits::{AuditStore, Checkpoint, KeyStore, Snapshot, StoreChange, TokenRecord};

@@ -22,8 +22,8 @@ use kagi_keys::{KeyId, KeyRecord};
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::sqlite::bumped;
-use crate::{AuditStore, Checkpoint, KeyStore, StoreChange, StoreError, TokenRecord};
+use crate::sqlite::{bumped, unhex};
+use crate::{AuditStore, Checkpoint, KeyStore, Snapshot, StoreChange, StoreError, TokenRecord};
 
 /// The `NOTIFY` channel for changes.
 const CHANNEL: &str = "kagi_changes";
@@ -241,6 +241,7 @@ fn parse_change(payload: &str) -> Option<StoreChange> {
     match kind {
         "key" => Some(StoreChange::Key(what.to_string())),
         "policy" => Some(StoreChange::Policy(what.to_string())),
+        "all" => Some(StoreChange::All),
         "token" => {
             let mut h = [0u8; 32];
             hex::decode_to_slice(what, &mut h).ok()?;
@@ -479,6 +480,129 @@ impl KeyStore for PgKeyStore {
         notify(&tx, &format!("token:{}", hex::encode(hash))).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(n > 0)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let q = |sql: &'static str| {
+            let tx = &tx;
+            async move { tx.query(sql, &[]).await.map_err(pg_err) }
+        };
+        let settings = q("SELECT name, value FROM settings ORDER BY name")
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), hex::encode(r.get::<_, Vec<u8>>(1))))
+            .collect();
+        let keys = q("SELECT record FROM keys ORDER BY name")
+            .await?
+            .into_iter()
+            .map(|r| decode_key(r.get(0)))
+            .collect::<Result<_, _>>()?;
+        let versions =
+            q("SELECT key_id, version, wrapped FROM key_versions ORDER BY key_id, version")
+                .await?
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get(0),
+                        r.get::<_, i32>(1) as u32,
+                        hex::encode(r.get::<_, Vec<u8>>(2)),
+                    )
+                })
+                .collect();
+        let policies = q("SELECT name, body FROM policies ORDER BY name")
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let tokens = q("SELECT hash, record FROM tokens ORDER BY hash")
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    hex::encode(r.get::<_, Vec<u8>>(0)),
+                    serde_json::from_str(r.get::<_, &str>(1))?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Snapshot {
+            settings,
+            keys,
+            versions,
+            policies,
+            tokens,
+        })
+    }
+
+    async fn restore(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        tx.execute("LOCK TABLE settings, keys, tokens IN EXCLUSIVE MODE", &[])
+            .await
+            .map_err(pg_err)?;
+        let used: i64 = tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM settings) + (SELECT count(*) FROM keys) + (SELECT count(*) FROM tokens)",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if used > 0 {
+            return Err(StoreError::Conflict("a restore target with data".into()));
+        }
+        for (n, v) in &snap.settings {
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES ($1, $2)",
+                &[n, &unhex(v)?],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        for k in &snap.keys {
+            tx.execute(
+                "INSERT INTO keys (id, name, record, revision) VALUES ($1, $2, $3, $4)",
+                &[
+                    &k.id.to_hex(),
+                    &k.name,
+                    &serde_json::to_string(k)?,
+                    &(k.revision as i64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        for (k, v, w) in &snap.versions {
+            tx.execute(
+                "INSERT INTO key_versions (key_id, version, wrapped) VALUES ($1, $2, $3)",
+                &[k, &(*v as i32), &unhex(w)?],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        for (n, b) in &snap.policies {
+            tx.execute("INSERT INTO policies (name, body) VALUES ($1, $2)", &[n, b])
+                .await
+                .map_err(pg_err)?;
+        }
+        for (h, rec) in &snap.tokens {
+            tx.execute(
+                "INSERT INTO tokens (hash, record) VALUES ($1, $2)",
+                &[&unhex(h)?, &serde_json::to_string(rec)?],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        notify(&tx, "all:restore").await?;
+        tx.commit().await.map_err(pg_err)
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<StoreChange>> {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use kagi_keys::{KeyId, KeyRecord};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::{AuditStore, Checkpoint, KeyStore, StoreError, TokenRecord};
+use crate::{AuditStore, Checkpoint, KeyStore, Snapshot, StoreError, TokenRecord};
 
 /// Key-store schema migrations, applied in order; `PRAGMA user_version` counts them.
 const KEY_MIGRATIONS: &[&str] = &[
@@ -137,6 +137,10 @@ fn swap_record(
     } else {
         StoreError::NotFound(format!("key {id}"))
     })
+}
+
+pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, StoreError> {
+    hex::decode(s).map_err(|_| StoreError::Corrupt("a snapshot value is not hex".into()))
 }
 
 fn decode_key(text: String) -> Result<KeyRecord, StoreError> {
@@ -328,6 +332,105 @@ impl KeyStore for SqliteKeyStore {
         self.with(move |c| Ok(c.execute("DELETE FROM tokens WHERE hash = ?1", [hash])? > 0))
             .await
     }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut snap = Snapshot {
+                settings: Vec::new(),
+                keys: Vec::new(),
+                versions: Vec::new(),
+                policies: Vec::new(),
+                tokens: Vec::new(),
+            };
+            {
+                let mut st = tx.prepare("SELECT name, value FROM settings ORDER BY name")?;
+                for r in st.query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })? {
+                    let (n, v) = r?;
+                    snap.settings.push((n, hex::encode(v)));
+                }
+                let mut st = tx.prepare("SELECT record FROM keys ORDER BY name")?;
+                for r in st.query_map([], |r| r.get::<_, String>(0))? {
+                    snap.keys.push(decode_key(r?)?);
+                }
+                let mut st = tx.prepare(
+                    "SELECT key_id, version, wrapped FROM key_versions ORDER BY key_id, version",
+                )?;
+                for r in st.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })? {
+                    let (k, v, w) = r?;
+                    snap.versions.push((k, v, hex::encode(w)));
+                }
+                let mut st = tx.prepare("SELECT name, body FROM policies ORDER BY name")?;
+                for r in st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
+                    snap.policies.push(r?);
+                }
+                let mut st = tx.prepare("SELECT hash, record FROM tokens ORDER BY hash")?;
+                for r in st.query_map([], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+                })? {
+                    let (h, rec) = r?;
+                    snap.tokens
+                        .push((hex::encode(h), serde_json::from_str(&rec)?));
+                }
+            }
+            tx.commit()?;
+            Ok(snap)
+        })
+        .await
+    }
+
+    async fn restore(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let snap = snap.clone();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let used: i64 = tx.query_row(
+                "SELECT (SELECT count(*) FROM settings) + (SELECT count(*) FROM keys) + (SELECT count(*) FROM tokens)",
+                [],
+                |r| r.get(0),
+            )?;
+            if used > 0 {
+                return Err(StoreError::Conflict("a restore target with data".into()));
+            }
+            for (n, v) in &snap.settings {
+                tx.execute(
+                    "INSERT INTO settings (name, value) VALUES (?1, ?2)",
+                    params![n, unhex(v)?],
+                )?;
+            }
+            for k in &snap.keys {
+                tx.execute(
+                    "INSERT INTO keys (id, name, record, revision) VALUES (?1, ?2, ?3, ?4)",
+                    params![k.id.to_hex(), k.name, serde_json::to_string(k)?, k.revision as i64],
+                )?;
+            }
+            for (k, v, w) in &snap.versions {
+                tx.execute(
+                    "INSERT INTO key_versions (key_id, version, wrapped) VALUES (?1, ?2, ?3)",
+                    params![k, v, unhex(w)?],
+                )?;
+            }
+            for (n, b) in &snap.policies {
+                tx.execute("INSERT INTO policies (name, body) VALUES (?1, ?2)", params![n, b])?;
+            }
+            for (h, rec) in &snap.tokens {
+                tx.execute(
+                    "INSERT INTO tokens (hash, record) VALUES (?1, ?2)",
+                    params![unhex(h)?, serde_json::to_string(rec)?],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// The SQLite audit store: one connection for the writer thread, one for readers, so
@@ -481,6 +584,39 @@ mod tests {
         // The erased material is not left in the file.
         let bytes = std::fs::read(&path).unwrap();
         assert!(!bytes.windows(2).any(|w| w == b"w2"));
+    }
+
+    #[tokio::test]
+    async fn snapshot_restores_into_an_empty_store_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteKeyStore::open(&dir.path().join("a.db")).unwrap();
+        let mut rec =
+            KeyRecord::new(KeyId([4; 16]), "k1", "d", KeyType::Aes256Gcm, None, 1).unwrap();
+        a.create_key(&rec, b"w1").await.unwrap();
+        let v = rec.rotate(2).unwrap();
+        a.update_key(&rec, Some((v, b"w2"))).await.unwrap();
+        a.put_setting("seal", b"{}").await.unwrap();
+        a.put_policy("p", "[[rule]]").await.unwrap();
+        let rec_t = TokenRecord {
+            accessor: "x".into(),
+            policies: vec!["p".into()],
+            root: false,
+            created_at: 1,
+            expires_at: None,
+            created_by: "t".into(),
+        };
+        a.put_token(&[7; 32], &rec_t).await.unwrap();
+        let snap = a.snapshot().await.unwrap();
+        assert_eq!(snap.keys[0].revision, 1);
+        let b = SqliteKeyStore::open(&dir.path().join("b.db")).unwrap();
+        b.restore(&snap).await.unwrap();
+        assert_eq!(b.snapshot().await.unwrap(), snap);
+        assert_eq!(b.key_versions(&rec.id).await.unwrap().len(), 2);
+        assert_eq!(b.get_token(&[7; 32]).await.unwrap(), Some(rec_t));
+        assert!(matches!(
+            b.restore(&snap).await,
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     #[test]

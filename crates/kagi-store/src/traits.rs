@@ -36,6 +36,22 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
+/// Everything in a key store, read in one consistent transaction (`kagi operator backup`).
+/// Key material stays wrapped by the master key. Binary values are hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Settings (seal record, wrapped audit key ...): (name, hex value).
+    pub settings: Vec<(String, String)>,
+    /// Key records (with their revision).
+    pub keys: Vec<KeyRecord>,
+    /// Wrapped key material: (key id hex, version, hex wrapped material).
+    pub versions: Vec<(String, u32, String)>,
+    /// Policies: (name, TOML).
+    pub policies: Vec<(String, String)>,
+    /// Tokens by hash: (hex SHA-256 of the token, record).
+    pub tokens: Vec<(String, TokenRecord)>,
+}
+
 /// A change another node made, for caches to drop (PostgreSQL `LISTEN`/`NOTIFY`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreChange {
@@ -93,6 +109,12 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn get_token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
     /// Revokes a token; false if it did not exist.
     async fn delete_token(&self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Everything, in one consistent read.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// Loads a snapshot into an empty store in one transaction; `Conflict` if the store
+    /// holds anything.
+    async fn restore(&self, s: &Snapshot) -> Result<(), StoreError>;
 
     /// Changes made by other nodes sharing this store, as they commit. `None` for a store
     /// only one process can open (SQLite).
