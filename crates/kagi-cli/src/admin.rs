@@ -37,6 +37,18 @@ pub enum OperatorCmd {
         #[command(flatten)]
         out: Out,
     },
+    /// Re-wrap every key under a new master key: the configured HSM key (--to pkcs11) or a
+    /// new Shamir-split key (--to shamir --shares N --threshold M, shares shown once).
+    MigrateSeal {
+        #[arg(long, value_parser = ["pkcs11", "shamir"])]
+        to: String,
+        #[arg(long, requires = "threshold")]
+        shares: Option<u8>,
+        #[arg(long, requires = "shares")]
+        threshold: Option<u8>,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Write a consistent, integrity-protected snapshot of the key store to FILE (key
     /// material stays wrapped by the master key).
     Backup {
@@ -182,6 +194,30 @@ pub async fn operator(conn: &Conn, cmd: OperatorCmd) -> Result<(), Fail> {
         OperatorCmd::Seal { out } => {
             let v: Value = c.post("/v1/sys/seal", &json!({})).await?;
             out.print(&v, human_status);
+        }
+        OperatorCmd::MigrateSeal {
+            to,
+            shares,
+            threshold,
+            out,
+        } => {
+            let v: Value = c
+                .post(
+                    "/v1/sys/migrate-seal",
+                    &json!({"to": to, "shares": shares, "threshold": threshold}),
+                )
+                .await?;
+            out.print(&v, |v| {
+                let mut t = String::new();
+                for (i, sh) in v["shares"].as_array().into_iter().flatten().enumerate() {
+                    t.push_str(&format!("New unseal share {}: {}\n", i + 1, s(sh)));
+                }
+                t.push_str(&format!(
+                    "Every key is now wrapped by the {} seal. Change [seal] in the config to match before the next restart.\n",
+                    s(&v["status"]["seal_type"])
+                ));
+                t
+            });
         }
         OperatorCmd::Backup { file, force, out } => {
             if file.exists() && !force {

@@ -163,3 +163,156 @@ fn hsm_seal_auto_unseals_and_refuses_without_its_key() {
     let after: Vec<Vec<u8>> = files.iter().map(|f| sha(&d.join(f))).collect();
     assert_eq!(before, after, "a refused start wrote to the stores");
 }
+
+#[test]
+fn seal_migrates_from_shamir_to_the_hsm_and_back() {
+    let test = "seal_migrates_from_shamir_to_the_hsm_and_back";
+    if !(Path::new(MODULE).exists() && have("softhsm2-util") && have("pkcs11-tool")) {
+        support::skip(
+            test,
+            "SoftHSM2 and opensc are not installed (scripts/test installs them)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = token(&d.join("hsm"));
+    std::fs::write(d.join("pin"), "1234\n").unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{addr}");
+    let base = format!(
+        "listen = \"{addr}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n",
+        d.join("data/kagi.db").display()
+    );
+    let shamir = d.join("shamir.toml");
+    std::fs::write(&shamir, format!("{base}[seal]\ntype = \"shamir\"\n")).unwrap();
+    let hsm = d.join("hsm.toml");
+    std::fs::write(
+        &hsm,
+        format!(
+            "{base}[seal]\ntype = \"pkcs11\"\nlibrary = \"{MODULE}\"\ntoken_label = \"kagi\"\npin_file = \"{}\"\nkey_label = \"kagi-master\"\n",
+            d.join("pin").display()
+        ),
+    )
+    .unwrap();
+    let env = [("SOFTHSM2_CONF", conf.as_str())];
+    let shares_of = |v: &serde_json::Value| -> Vec<String> {
+        v["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let mut s = Server::config_env(&shamir, &url, &d.join("data"), &env);
+    let init = s.json(&["operator", "init", "--shares", "3", "--threshold", "2"]);
+    let old_shares = shares_of(&init);
+    s.token = init["root_token"].as_str().unwrap().to_string();
+    let token = s.token.clone();
+    s.ok(&["operator", "unseal", &old_shares[0]]);
+    s.ok(&["operator", "unseal", &old_shares[1]]);
+    s.ok(&["key", "create", "k1"]);
+    let mut blobs = Vec::new();
+    for round in 0..3 {
+        let g = s.json(&["datakey", "generate", "k1", "--context", "t=1"]);
+        blobs.push((
+            g["ciphertext"].as_str().unwrap().to_string(),
+            g["plaintext"].as_str().unwrap().to_string(),
+        ));
+        if round < 2 {
+            s.ok(&["key", "rotate", "k1"]);
+        }
+    }
+    let check = |s: &Server| {
+        for (ct, pt) in &blobs {
+            let got = s.json(&["datakey", "decrypt", ct, "--context", "t=1"]);
+            assert_eq!(got["plaintext"].as_str().unwrap(), pt);
+        }
+        assert!(s.ok(&["audit", "verify"]).contains("verified"));
+    };
+    drop(s);
+
+    // Shamir -> HSM: the HSM-configured server starts sealed; the old shares unseal it.
+    let mut s = Server::config_env(&hsm, &url, &d.join("data"), &env);
+    s.token = token.clone();
+    let st = s.json(&["status"]);
+    assert_eq!(
+        (st["sealed"].clone(), st["seal_type"].clone()),
+        (true.into(), "shamir".into())
+    );
+    s.ok(&["operator", "unseal", &old_shares[2]]);
+    s.ok(&["operator", "unseal", &old_shares[0]]);
+    // Reads keep working while the migration runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, url, token, ct) = (stop.clone(), url.clone(), token.clone(), blobs[0].0.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let o = Command::new(support::kagi_bin())
+                    .args(["datakey", "decrypt", &ct, "--context", "t=1"])
+                    .env("KAGI_ADDR", &url)
+                    .env("KAGI_TOKEN", &token)
+                    .output()
+                    .unwrap();
+                if o.status.success() {
+                    ok += 1
+                } else {
+                    failed += 1
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let m = s.json(&["operator", "migrate-seal", "--to", "pkcs11"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = reader.join().unwrap();
+    assert!(
+        ok > 0 && failed == 0,
+        "{ok} reads succeeded, {failed} failed"
+    );
+    assert_eq!(m["status"]["seal_type"], "pkcs11");
+    assert!(shares_of(&m).is_empty());
+    check(&s);
+    drop(s);
+    let mut s = Server::config_env(&hsm, &url, &d.join("data"), &env);
+    s.token = token.clone();
+    assert_eq!(
+        s.json(&["status"])["sealed"],
+        false,
+        "the HSM unseals by itself"
+    );
+    check(&s);
+
+    // HSM -> Shamir: new shares; the old ones no longer open anything.
+    let m = s.json(&[
+        "operator",
+        "migrate-seal",
+        "--to",
+        "shamir",
+        "--shares",
+        "3",
+        "--threshold",
+        "2",
+    ]);
+    let new_shares = shares_of(&m);
+    assert_eq!(new_shares.len(), 3);
+    check(&s);
+    drop(s);
+    let mut s = Server::config_env(&shamir, &url, &d.join("data"), &env);
+    s.token = token;
+    s.ok(&["operator", "unseal", &old_shares[0]]);
+    assert_one_line_error(
+        &s.kagi(&["operator", "unseal", &old_shares[1]]),
+        "do not reconstruct",
+    );
+    s.ok(&["operator", "unseal", &new_shares[2]]);
+    assert_eq!(
+        s.json(&["operator", "unseal", &new_shares[1]])["sealed"],
+        false
+    );
+    check(&s);
+}

@@ -765,6 +765,44 @@ async fn health_ready(
     Ok((code, Json(h)))
 }
 
+/// `POST /v1/sys/migrate-seal`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateSealRequest {
+    /// `pkcs11` (the configured HSM key) or `shamir` (a new split key).
+    pub to: String,
+    /// Shares to make (to = shamir).
+    #[serde(default)]
+    pub shares: Option<u8>,
+    /// Shares needed to unseal (to = shamir).
+    #[serde(default)]
+    pub threshold: Option<u8>,
+}
+
+/// Migration result: the new shares (Shamir) are shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrateSealResponse {
+    /// New unseal shares, base64 (empty for pkcs11).
+    pub shares: Vec<String>,
+    /// The seal status after the switch.
+    pub status: SealStatus,
+}
+
+/// Re-wraps every key under a new master key and switches to it.
+#[utoipa::path(post, path = "/v1/sys/migrate-seal", tag = "sys", security(("token" = [])), request_body = MigrateSealRequest,
+    responses((status = 200, body = MigrateSealResponse), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn sys_migrate_seal(
+    State(svc): State<AppState>,
+    Authed(c): Authed,
+    ApiJson(r): ApiJson<MigrateSealRequest>,
+) -> ApiResult<MigrateSealResponse> {
+    let (shares, status) = svc.migrate_seal(&c, &r.to, r.shares, r.threshold).await?;
+    Ok(Json(MigrateSealResponse {
+        shares: shares.iter().map(|s| B64.encode(s.expose())).collect(),
+        status,
+    }))
+}
+
 /// A consistent, integrity-protected snapshot of the key store (key material stays wrapped).
 #[utoipa::path(get, path = "/v1/sys/backup", tag = "sys", security(("token" = [])),
     responses((status = 200, body = crate::backup::Backup), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -1384,6 +1422,7 @@ pub fn router(svc: AppState) -> Router {
         .route("/v1/sys/unseal", post(sys_unseal))
         .route("/v1/sys/seal", post(sys_seal))
         .route("/v1/sys/backup", get(sys_backup))
+        .route("/v1/sys/migrate-seal", post(sys_migrate_seal))
         .route(
             "/v1/sys/restore",
             post(sys_restore).layer(DefaultBodyLimit::max(MAX_BACKUP)),

@@ -25,7 +25,7 @@ impl Modify for BearerAuth {
     info(title = "kagi key service", description = "Customer-held keys: master key, KEKs, data keys, policies, tokens and a tamper-evident audit log."),
     modifiers(&BearerAuth),
     paths(
-        health, health_live, health_ready, sys_backup, sys_restore, sys_status, sys_init, sys_unseal, sys_seal,
+        health, health_live, health_ready, sys_backup, sys_restore, sys_migrate_seal, sys_status, sys_init, sys_unseal, sys_seal,
         list_keys, create_key, show_key, rotate_key, disable_key, enable_key, schedule_deletion, cancel_deletion,
         generate, generate_batch, decrypt, decrypt_payload, decrypt_batch, reencrypt, encrypt,
         list_policies, show_policy, write_policy, delete_policy,

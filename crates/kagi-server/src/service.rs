@@ -587,8 +587,9 @@ impl KeyService {
             )
             .await?;
         self.audit.set_signer(Some(signer));
-        self.keys.write().map_err(lock_err)?.clear();
+        // Master first, then the cache: a request in between still finds usable KEKs.
         *self.unsealed.write().map_err(lock_err)? = Some(Arc::new(Unsealed { master }));
+        self.keys.write().map_err(lock_err)?.clear();
         Ok(())
     }
 
@@ -669,8 +670,13 @@ impl KeyService {
                 "this store is sealed by an HSM: configure [seal] type = \"pkcs11\"".into(),
             )),
             (None, _) | (Some(_), None) => Ok(()),
+            (Some(_), Some(s)) if s.kind == "shamir" => {
+                // Seal migration: start sealed; the old shares unseal, then migrate-seal.
+                tracing::warn!("this store is sealed with Shamir shares, not the configured HSM: unseal with the shares, then run `kagi operator migrate-seal --to pkcs11`");
+                Ok(())
+            }
             (Some(_), Some(s)) if s.kind != "pkcs11" => Err(ServiceError::Conflict(format!(
-                "this store is sealed with {} (operator shares), not an HSM; keep [seal] type = \"{}\"",
+                "this store is sealed with {}, not an HSM; keep [seal] type = \"{}\"",
                 s.kind, s.kind
             ))),
             (Some(hsm), Some(s)) => {
@@ -679,9 +685,106 @@ impl KeyService {
                         "the HSM key is not the master key this store was initialized with".into(),
                     ));
                 }
-                self.install_master(Box::new(SharedMaster(hsm.clone()))).await
+                self.install_master(Box::new(SharedMaster(hsm.clone())))
+                    .await
             }
         }
+    }
+
+    /// `operator migrate-seal`: re-wraps every KEK version and the audit signing key under a
+    /// new master key — the configured HSM key (`to = "pkcs11"`) or a fresh Shamir-split key
+    /// (`to = "shamir"`, whose shares are returned) — and switches to it in one transaction.
+    /// Key operations keep being served with the old master key until the switch; lifecycle
+    /// changes wait.
+    pub async fn migrate_seal(
+        &self,
+        c: &Caller,
+        to: &str,
+        shares: Option<u8>,
+        threshold: Option<u8>,
+    ) -> Result<(Vec<SecretBytes>, SealStatus), ServiceError> {
+        let t = Trail::new("sys.migrate_seal", None, &EMPTY_CTX, None);
+        let _g = self.lifecycle.lock().await;
+        let r = async {
+            let u = self.master()?;
+            self.check(c, Operation::Manage, None, &EMPTY_CTX, None)?;
+            let old = self.seal.read().map_err(lock_err)?.clone().ok_or_else(|| {
+                ServiceError::Conflict("the key service is not initialized".into())
+            })?;
+            if old.kind == "dev" || old.kind == to {
+                return Err(ServiceError::Conflict(format!(
+                    "cannot migrate a {} seal to {to}",
+                    old.kind
+                )));
+            }
+            let (new, rec, parts): (Box<dyn MasterKey>, SealRecord, Vec<SecretBytes>) = match to {
+                "pkcs11" => {
+                    let hsm = self.opts.hsm.clone().ok_or_else(|| ServiceError::Conflict(
+                        "configure [seal] type = \"pkcs11\" (library, token, key) and restart before migrating to it".into(),
+                    ))?;
+                    let rec = SealRecord::new("pkcs11", 0, 0, hsm.as_ref())?;
+                    (Box::new(SharedMaster(hsm)), rec, Vec::new())
+                }
+                "shamir" => {
+                    let (Some(n), Some(m)) = (shares, threshold) else {
+                        return Err(ServiceError::BadRequest("migrating to Shamir needs shares and threshold".into()));
+                    };
+                    if m < 1 || n < m {
+                        return Err(ServiceError::BadRequest(format!(
+                            "need 1 <= threshold <= shares <= 255, got threshold {m} of {n} shares"
+                        )));
+                    }
+                    let key = SecretKey32::generate();
+                    let parts = kagi_crypto::shamir::split(key.expose(), m as usize, n as usize)
+                        .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+                    let master = SoftwareMasterKey::new(&key);
+                    let rec = SealRecord::new("shamir", n, m, &master)?;
+                    (Box::new(master), rec, parts)
+                }
+                other => {
+                    return Err(ServiceError::BadRequest(format!(
+                        "unknown seal {other:?}: use pkcs11 or shamir"
+                    )))
+                }
+            };
+            let snap = self.store.snapshot().await?;
+            let by_id: HashMap<String, &str> = snap
+                .keys
+                .iter()
+                .map(|k| (k.id.to_hex(), k.name.as_str()))
+                .collect();
+            let corrupt = |what: &str| ServiceError::Storage(format!("stored {what} is damaged"));
+            let mut versions = Vec::with_capacity(snap.versions.len());
+            for (id_hex, v, w) in &snap.versions {
+                let name = by_id.get(id_hex).ok_or_else(|| corrupt("key material"))?;
+                let id = KeyId::from_hex(id_hex).ok_or_else(|| corrupt("key id"))?;
+                let aad = kek_aad(&id, *v, name);
+                let wrapped = hex::decode(w).map_err(|_| corrupt("key material"))?;
+                let material = u.master.unwrap(&aad, &wrapped)?;
+                versions.push((id_hex.clone(), *v, new.wrap(&aad, material.expose())?));
+            }
+            let mut settings = Vec::new();
+            if let Some(w) = self.store.get_setting("audit_signing_key").await? {
+                let seed = u.master.unwrap(AUDIT_KEY_AAD, &w)?;
+                settings.push(("audit_signing_key".to_string(), new.wrap(AUDIT_KEY_AAD, seed.expose())?));
+            }
+            let old_bytes = self
+                .store
+                .get_setting("seal")
+                .await?
+                .ok_or_else(|| corrupt("seal record"))?;
+            let new_bytes =
+                serde_json::to_vec(&rec).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            self.store
+                .rewrap(&old_bytes, &new_bytes, &settings, &versions)
+                .await?;
+            *self.seal.write().map_err(lock_err)? = Some(rec);
+            self.install_master(new).await?;
+            tracing::info!(from = %old.kind, to, "seal migrated");
+            Ok((parts, self.status()?))
+        }
+        .await;
+        self.finish(c, t, r).await
     }
 
     /// `operator backup`: a consistent snapshot of the key store, bound to the master key.

@@ -542,6 +542,45 @@ impl KeyStore for PgKeyStore {
         })
     }
 
+    async fn rewrap(
+        &self,
+        old_seal: &[u8],
+        new_seal: &[u8],
+        settings: &[(String, Vec<u8>)],
+        versions: &[(String, u32, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let n = tx
+            .execute(
+                "UPDATE settings SET value = $1 WHERE name = 'seal' AND value = $2",
+                &[&new_seal, &old_seal],
+            )
+            .await
+            .map_err(pg_err)?;
+        if n != 1 {
+            return Err(StoreError::Changed("the seal record".into()));
+        }
+        for (name, value) in settings {
+            tx.execute(
+                "UPDATE settings SET value = $1 WHERE name = $2",
+                &[value, name],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        for (id, v, w) in versions {
+            tx.execute(
+                "UPDATE key_versions SET wrapped = $1 WHERE key_id = $2 AND version = $3",
+                &[w, id, &(*v as i32)],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        notify(&tx, "all:seal").await?;
+        tx.commit().await.map_err(pg_err)
+    }
+
     async fn restore(&self, snap: &Snapshot) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;

@@ -387,6 +387,42 @@ impl KeyStore for SqliteKeyStore {
         .await
     }
 
+    async fn rewrap(
+        &self,
+        old_seal: &[u8],
+        new_seal: &[u8],
+        settings: &[(String, Vec<u8>)],
+        versions: &[(String, u32, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let (old_seal, new_seal) = (old_seal.to_vec(), new_seal.to_vec());
+        let (settings, versions) = (settings.to_vec(), versions.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE settings SET value = ?1 WHERE name = 'seal' AND value = ?2",
+                params![new_seal, old_seal],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Changed("the seal record".into()));
+            }
+            for (name, value) in &settings {
+                tx.execute(
+                    "UPDATE settings SET value = ?1 WHERE name = ?2",
+                    params![value, name],
+                )?;
+            }
+            for (id, v, w) in &versions {
+                tx.execute(
+                    "UPDATE key_versions SET wrapped = ?1 WHERE key_id = ?2 AND version = ?3",
+                    params![w, id, v],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn restore(&self, snap: &Snapshot) -> Result<(), StoreError> {
         let snap = snap.clone();
         self.with(move |c| {

@@ -116,6 +116,17 @@ pub trait KeyStore: Send + Sync + 'static {
     /// holds anything.
     async fn restore(&self, s: &Snapshot) -> Result<(), StoreError>;
 
+    /// Seal migration: in one transaction, replaces the seal record (only if it still is
+    /// `old_seal`), the given settings, and the wrapped material of each `(key id hex,
+    /// version, new wrapped)`; versions erased meanwhile are skipped.
+    async fn rewrap(
+        &self,
+        old_seal: &[u8],
+        new_seal: &[u8],
+        settings: &[(String, Vec<u8>)],
+        versions: &[(String, u32, Vec<u8>)],
+    ) -> Result<(), StoreError>;
+
     /// Changes made by other nodes sharing this store, as they commit. `None` for a store
     /// only one process can open (SQLite).
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
