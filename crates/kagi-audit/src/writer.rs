@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kagi_crypto::SigningKey;
-use kagi_store::{AuditStore, Checkpoint};
+use kagi_store::{AuditStore, Checkpoint, StoreError};
 use tokio::sync::oneshot;
 
 use crate::chain::{checkpoint_message, seal, GENESIS_HASH};
@@ -193,94 +193,82 @@ impl Writer {
     }
 
     /// Reloads the chain head after another node appended (shared PostgreSQL chain).
-    /// The head may only move forward: a stored head behind what this node itself wrote
-    /// means records were removed, and re-chaining onto it would hide that, so it fails.
-    fn reload_head(&mut self) -> Result<(), kagi_store::StoreError> {
-        let head = match self.store.last()? {
-            Some((_, line)) => {
-                let r: AuditRecord = serde_json::from_str(&line)
-                    .map_err(|e| kagi_store::StoreError::Corrupt(e.to_string()))?;
-                Some((r.seq, r.hash))
-            }
-            None => None,
-        };
-        match head {
-            Some((seq, hash)) if seq > self.seq => {
-                self.seq = seq;
-                self.hash = hash;
-                Ok(())
-            }
-            other => Err(kagi_store::StoreError::Corrupt(format!(
-                "the stored audit chain ends at record {} but this node already wrote record {}: records were removed; run `kagi audit verify`",
-                other.map_or(0, |h| h.0),
-                self.seq
-            ))),
-        }
-    }
-
     fn commit(&mut self, batch: &mut Vec<Pending>) {
-        // Another node may move the shared head between our read and our append: re-chain
-        // the batch on the new head and try again (bounded: a persistent race is a failure).
-        for _ in 0..64 {
-            match self.try_commit(batch) {
-                Err(kagi_store::StoreError::Changed(_)) => {
-                    if let Err(e) = self.reload_head() {
-                        self.fail(batch, &e);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    self.fail(batch, &e);
-                    return;
-                }
-                Ok(()) => return,
+        if let Err(e) = self.try_commit(batch) {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            if !self.stats.failing.swap(true, Ordering::Relaxed) {
+                tracing::error!(error = %e, "audit log cannot write; refusing key operations");
+            }
+            let msg = e.to_string();
+            for p in batch.drain(..) {
+                let _ = p.done.send(Err(AuditError::Unavailable(msg.clone())));
             }
         }
-        self.fail(
-            batch,
-            &kagi_store::StoreError::Backend("the audit chain head kept moving".into()),
-        );
     }
 
-    fn fail(&mut self, batch: &mut Vec<Pending>, e: &kagi_store::StoreError) {
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        if !self.stats.failing.swap(true, Ordering::Relaxed) {
-            tracing::error!(error = %e, "audit log cannot write; refusing key operations");
-        }
-        let msg = e.to_string();
-        for p in batch.drain(..) {
-            let _ = p.done.send(Err(AuditError::Unavailable(msg.clone())));
-        }
-    }
-
-    fn try_commit(&mut self, batch: &mut Vec<Pending>) -> Result<(), kagi_store::StoreError> {
-        let mut seq = self.seq;
-        let mut hash = self.hash.clone();
-        let mut lines = Vec::with_capacity(batch.len());
-        for p in batch.iter() {
-            seq += 1;
-            let (h, line) = seal(seq, &hash, &p.event);
-            hash = h;
-            lines.push((seq, line));
-        }
-        let cp = if seq - self.last_cp >= CHECKPOINT_EVERY {
-            self.make_checkpoint(seq, &hash)
-        } else {
-            None
+    /// Where the batch chains on: this writer's own head, or — for a chain shared by several
+    /// nodes — the stored head, which may only have moved forward. A stored head behind what
+    /// this node itself wrote means records were removed; chaining over that gap would hide
+    /// it, so the append fails instead.
+    fn base(&self, stored: Option<(u64, String)>) -> Result<(u64, String), StoreError> {
+        let Some((stored_seq, line)) = stored else {
+            return Ok((self.seq, self.hash.clone()));
         };
-        self.store.append(&lines, cp.as_ref())?;
-        let first = self.seq + 1;
+        // An empty shared chain comes as (0, ""): the genesis head.
+        let r = if stored_seq == 0 && line.is_empty() {
+            (0, GENESIS_HASH.to_string())
+        } else {
+            let r: AuditRecord =
+                serde_json::from_str(&line).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            (r.seq, r.hash)
+        };
+        if r.0 < self.seq {
+            return Err(StoreError::Corrupt(format!(
+                "the stored audit chain ends at record {} but this node already wrote record {}: records were removed; run `kagi audit verify`",
+                r.0, self.seq
+            )));
+        }
+        Ok(r)
+    }
+
+    fn try_commit(&mut self, batch: &mut Vec<Pending>) -> Result<(), StoreError> {
+        let mut sealed: Option<(u64, u64, String, bool)> = None;
+        {
+            let this = &*self;
+            let batch = &*batch;
+            this.store.append_at_head(&mut |stored| {
+                let (first_base, mut hash) = this.base(stored)?;
+                let mut seq = first_base;
+                let mut lines = Vec::with_capacity(batch.len());
+                for p in batch {
+                    seq += 1;
+                    let (h, line) = seal(seq, &hash, &p.event);
+                    hash = h;
+                    lines.push((seq, line));
+                }
+                let cp = if seq.saturating_sub(this.last_cp) >= CHECKPOINT_EVERY {
+                    this.make_checkpoint(seq, &hash)
+                } else {
+                    None
+                };
+                sealed = Some((first_base + 1, seq, hash, cp.is_some()));
+                Ok((lines, cp))
+            })?;
+        }
+        let Some((first, seq, hash, checkpointed)) = sealed else {
+            return Err(StoreError::Backend("the audit store did not append".into()));
+        };
         self.seq = seq;
         self.hash = hash;
         self.stats.head.store(seq, Ordering::Relaxed);
-        if cp.is_some() {
+        if checkpointed {
             self.last_cp = seq;
             self.last_cp_at = Instant::now();
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
         self.stats
             .records
-            .fetch_add(lines.len() as u64, Ordering::Relaxed);
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         if self.stats.failing.swap(false, Ordering::Relaxed) {
             tracing::warn!("audit log is writable again; key operations resume");

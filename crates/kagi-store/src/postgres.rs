@@ -713,7 +713,9 @@ impl PgThread {
 
 /// The PostgreSQL audit store: one chain shared by every node.
 pub struct PgAuditStore {
-    writer: PgThread,
+    /// Used on the audit writer's own thread (a plain thread: blocking is right there).
+    writer: Mutex<Option<postgres::Client>>,
+    cfg: Arc<postgres::Config>,
     reader: PgThread,
 }
 
@@ -734,10 +736,62 @@ impl PgAuditStore {
         let _ = task.await;
         let sync_cfg = Arc::new(postgres::Config::from(cfg));
         Ok(Self {
-            writer: PgThread::spawn(sync_cfg.clone(), "kagi-audit-pg-writer")?,
+            writer: Mutex::new(None),
+            cfg: sync_cfg.clone(),
             reader: PgThread::spawn(sync_cfg, "kagi-audit-pg-reader")?,
         })
     }
+
+    /// Runs `f` in one transaction holding the chain lock, on the caller's thread.
+    fn locked<R>(
+        &self,
+        f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut slot = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Backend("audit writer lock poisoned".into()))?;
+        let r = (|| {
+            let c = match &mut *slot {
+                Some(c) if !c.is_closed() => c,
+                other => other.insert(self.cfg.connect(NoTls).map_err(pg_err)?),
+            };
+            let mut tx = c.transaction().map_err(pg_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+                .map_err(pg_err)?;
+            let out = f(&mut tx)?;
+            tx.commit().map_err(pg_err)?;
+            Ok(out)
+        })();
+        if matches!(r, Err(StoreError::Unavailable(_))) {
+            *slot = None;
+        }
+        r
+    }
+}
+
+fn insert_batch(
+    tx: &mut postgres::Transaction<'_>,
+    records: &[(u64, String)],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), StoreError> {
+    if !records.is_empty() {
+        let seqs: Vec<i64> = records.iter().map(|(s, _)| *s as i64).collect();
+        let lines: Vec<&str> = records.iter().map(|(_, l)| l.as_str()).collect();
+        tx.execute(
+            "INSERT INTO audit_records (seq, record) SELECT * FROM unnest($1::bigint[], $2::text[])",
+            &[&seqs, &lines],
+        )
+        .map_err(pg_err)?;
+    }
+    if let Some(cp) = checkpoint {
+        tx.execute(
+            "INSERT INTO audit_checkpoints (seq, body) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&(cp.seq as i64), &serde_json::to_string(cp)?],
+        )
+        .map_err(pg_err)?;
+    }
+    Ok(())
 }
 
 fn rows(r: Vec<postgres::Row>) -> Vec<(u64, String)> {
@@ -752,39 +806,38 @@ impl AuditStore for PgAuditStore {
         records: &[(u64, String)],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
-        let seqs: Vec<i64> = records.iter().map(|(s, _)| *s as i64).collect();
-        let lines: Vec<String> = records.iter().map(|(_, l)| l.clone()).collect();
-        let cp = checkpoint
-            .map(|c| Ok::<_, StoreError>((c.seq as i64, serde_json::to_string(c)?)))
-            .transpose()?;
-        self.writer.run(move |c| {
-            let mut tx = c.transaction().map_err(pg_err)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-                .map_err(pg_err)?;
-            if let Some(first) = seqs.first() {
+        self.locked(|tx| {
+            if let Some((first, _)) = records.first() {
                 let head: i64 = tx
                     .query_one("SELECT coalesce(max(seq), 0) FROM audit_records", &[])
                     .map_err(pg_err)?
                     .get(0);
-                if *first != head + 1 {
-                    return Err(StoreError::Changed(format!(
-                        "audit chain head (now {head})"
-                    )));
+                if *first as i64 != head + 1 {
+                    return Err(StoreError::Changed(format!("audit chain head (now {head})")));
                 }
-                tx.execute(
-                    "INSERT INTO audit_records (seq, record) SELECT * FROM unnest($1::bigint[], $2::text[])",
-                    &[&seqs, &lines],
-                )
-                .map_err(pg_err)?;
             }
-            if let Some((seq, body)) = &cp {
-                tx.execute(
-                    "INSERT INTO audit_checkpoints (seq, body) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[seq, body],
+            insert_batch(tx, records, checkpoint)
+        })
+    }
+
+    fn append_at_head(
+        &self,
+        seal: &mut dyn FnMut(
+            Option<(u64, String)>,
+        ) -> Result<(Vec<(u64, String)>, Option<Checkpoint>), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.locked(|tx| {
+            let head = tx
+                .query_opt(
+                    "SELECT seq, record FROM audit_records ORDER BY seq DESC LIMIT 1",
+                    &[],
                 )
-                .map_err(pg_err)?;
-            }
-            tx.commit().map_err(pg_err)
+                .map_err(pg_err)?
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1)));
+            // An empty chain is the genesis head: seq 0.
+            let stored = Some(head.unwrap_or((0, String::new())));
+            let (lines, cp) = seal(stored)?;
+            insert_batch(tx, &lines, cp.as_ref())
         })
     }
 

@@ -141,8 +141,7 @@ pub trait KeyStore: Send + Sync + 'static {
 
 /// The append-only audit chain. Records are opaque JSON lines here; kagi-audit owns their
 /// meaning. Appends are durable (fsync) when the call returns Ok, and all-or-nothing. Several
-/// nodes may append to one chain: an append whose first record does not directly follow the
-/// stored head fails with `Changed`, and the writer re-chains its batch on the new head.
+/// nodes may append to one chain through [`append_at_head`](AuditStore::append_at_head).
 pub trait AuditStore: Send + Sync + 'static {
     /// Appends records `(seq, json)` and, optionally, a checkpoint, in one transaction.
     fn append(
@@ -150,6 +149,20 @@ pub trait AuditStore: Send + Sync + 'static {
         records: &[(u64, String)],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), StoreError>;
+    /// Appends what `seal` makes, in one transaction. A store shared by several writers
+    /// (PostgreSQL) locks the chain, passes the stored head `(seq, line)` and appends in the
+    /// same transaction, so nodes never race; a single-writer store passes `None` (the writer
+    /// keeps the head).
+    #[allow(clippy::type_complexity)]
+    fn append_at_head(
+        &self,
+        seal: &mut dyn FnMut(
+            Option<(u64, String)>,
+        ) -> Result<(Vec<(u64, String)>, Option<Checkpoint>), StoreError>,
+    ) -> Result<(), StoreError> {
+        let (lines, cp) = seal(None)?;
+        self.append(&lines, cp.as_ref())
+    }
     /// The newest record.
     fn last(&self) -> Result<Option<(u64, String)>, StoreError>;
     /// Up to `limit` records with `seq >= from`, in ascending order.
