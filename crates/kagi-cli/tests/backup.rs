@@ -27,6 +27,16 @@ fn recreate(b: &Backend) {
     psql(&admin, &format!("CREATE DATABASE {name}")).unwrap();
 }
 
+/// Generates a data key under `key` and keeps (ciphertext, plaintext, context).
+fn gen(s: &Server, blobs: &mut Vec<(String, String, String)>, key: &str, ctx: &str) {
+    let g = s.json(&["datakey", "generate", key, "--context", ctx]);
+    blobs.push((
+        g["ciphertext"].as_str().unwrap().to_string(),
+        g["plaintext"].as_str().unwrap().to_string(),
+        ctx.to_string(),
+    ));
+}
+
 #[test]
 fn backup_drop_the_database_restore() {
     let test = "backup_drop_the_database_restore";
@@ -59,30 +69,14 @@ fn backup_drop_the_database_restore() {
         s.ok(&["key", "create", k]);
     }
     let mut blobs = Vec::new();
-    let mut gen = |key: &str, ctx: &str| {
-        let g = s.json(&["datakey", "generate", key, "--context", ctx]);
-        blobs.push((
-            g["ciphertext"].as_str().unwrap().to_string(),
-            g["plaintext"].as_str().unwrap().to_string(),
-            ctx.to_string(),
-        ));
-    };
-    gen("k1", "t=1");
-    gen("k2", "t=2");
+    gen(&s, &mut blobs, "k1", "t=1");
+    gen(&s, &mut blobs, "k2", "t=2");
     let gone_ct = s.json(&["datakey", "generate", "gone"])["ciphertext"]
         .as_str()
         .unwrap()
         .to_string();
     s.ok(&["key", "rotate", "k1"]);
-    let mut gen = |key: &str, ctx: &str| {
-        let g = s.json(&["datakey", "generate", key, "--context", ctx]);
-        blobs.push((
-            g["ciphertext"].as_str().unwrap().to_string(),
-            g["plaintext"].as_str().unwrap().to_string(),
-            ctx.to_string(),
-        ));
-    };
-    gen("k1", "t=3");
+    gen(&s, &mut blobs, "k1", "t=3");
     s.ok(&["key", "schedule-deletion", "gone", "--pending-days", "0"]);
     let out = s.json(&["operator", "backup", file.to_str().unwrap()]);
     assert_eq!(out["keys"], 3);

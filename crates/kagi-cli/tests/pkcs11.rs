@@ -60,6 +60,26 @@ fn token(dir: &Path) -> String {
     conf
 }
 
+/// True when SoftHSM2 and opensc are here; otherwise reports `test` as skipped.
+fn hsm_tools(test: &str) -> bool {
+    let ok = Path::new(MODULE).exists() && have("softhsm2-util") && have("pkcs11-tool");
+    if !ok {
+        support::skip(
+            test,
+            "SoftHSM2 and opensc are not installed (scripts/test installs them)",
+        );
+    }
+    ok
+}
+
+/// `[seal] type = "pkcs11"` for the token made by [`token`], PIN in `pin`.
+fn hsm_seal(pin: &Path) -> String {
+    format!(
+        "[seal]\ntype = \"pkcs11\"\nlibrary = \"{MODULE}\"\ntoken_label = \"kagi\"\npin_file = \"{}\"\nkey_label = \"kagi-master\"\n",
+        pin.display()
+    )
+}
+
 fn sha(p: &Path) -> Vec<u8> {
     std::fs::read(p)
         .map(|b| kagi_crypto::sha256(&b).to_vec())
@@ -68,12 +88,7 @@ fn sha(p: &Path) -> Vec<u8> {
 
 #[test]
 fn hsm_seal_auto_unseals_and_refuses_without_its_key() {
-    let test = "hsm_seal_auto_unseals_and_refuses_without_its_key";
-    if !(Path::new(MODULE).exists() && have("softhsm2-util") && have("pkcs11-tool")) {
-        support::skip(
-            test,
-            "SoftHSM2 and opensc are not installed (scripts/test installs them)",
-        );
+    if !hsm_tools("hsm_seal_auto_unseals_and_refuses_without_its_key") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -85,9 +100,9 @@ fn hsm_seal_auto_unseals_and_refuses_without_its_key() {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"{addr}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n[seal]\ntype = \"pkcs11\"\nlibrary = \"{MODULE}\"\ntoken_label = \"kagi\"\npin_file = \"{}\"\nkey_label = \"kagi-master\"\n",
+            "listen = \"{addr}\"\n[storage]\nbackend = \"sqlite\"\npath = \"{}\"\n{}",
             d.join("data/kagi.db").display(),
-            d.join("pin").display()
+            hsm_seal(&d.join("pin"))
         ),
     )
     .unwrap();
@@ -166,12 +181,7 @@ fn hsm_seal_auto_unseals_and_refuses_without_its_key() {
 
 #[test]
 fn seal_migrates_from_shamir_to_the_hsm_and_back() {
-    let test = "seal_migrates_from_shamir_to_the_hsm_and_back";
-    if !(Path::new(MODULE).exists() && have("softhsm2-util") && have("pkcs11-tool")) {
-        support::skip(
-            test,
-            "SoftHSM2 and opensc are not installed (scripts/test installs them)",
-        );
+    if !hsm_tools("seal_migrates_from_shamir_to_the_hsm_and_back") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -187,14 +197,7 @@ fn seal_migrates_from_shamir_to_the_hsm_and_back() {
     let shamir = d.join("shamir.toml");
     std::fs::write(&shamir, format!("{base}[seal]\ntype = \"shamir\"\n")).unwrap();
     let hsm = d.join("hsm.toml");
-    std::fs::write(
-        &hsm,
-        format!(
-            "{base}[seal]\ntype = \"pkcs11\"\nlibrary = \"{MODULE}\"\ntoken_label = \"kagi\"\npin_file = \"{}\"\nkey_label = \"kagi-master\"\n",
-            d.join("pin").display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&hsm, format!("{base}{}", hsm_seal(&d.join("pin")))).unwrap();
     let env = [("SOFTHSM2_CONF", conf.as_str())];
     let shares_of = |v: &serde_json::Value| -> Vec<String> {
         v["shares"]

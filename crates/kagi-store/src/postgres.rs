@@ -813,7 +813,9 @@ impl AuditStore for PgAuditStore {
                     .map_err(pg_err)?
                     .get(0);
                 if *first as i64 != head + 1 {
-                    return Err(StoreError::Changed(format!("audit chain head (now {head})")));
+                    return Err(StoreError::Changed(format!(
+                        "audit chain head (now {head})"
+                    )));
                 }
             }
             insert_batch(tx, records, checkpoint)
@@ -824,7 +826,8 @@ impl AuditStore for PgAuditStore {
         &self,
         seal: &mut dyn FnMut(
             Option<(u64, String)>,
-        ) -> Result<(Vec<(u64, String)>, Option<Checkpoint>), StoreError>,
+        )
+            -> Result<(Vec<(u64, String)>, Option<Checkpoint>), StoreError>,
     ) -> Result<(), StoreError> {
         self.locked(|tx| {
             let head = tx

@@ -158,7 +158,8 @@ pub trait AuditStore: Send + Sync + 'static {
         &self,
         seal: &mut dyn FnMut(
             Option<(u64, String)>,
-        ) -> Result<(Vec<(u64, String)>, Option<Checkpoint>), StoreError>,
+        )
+            -> Result<(Vec<(u64, String)>, Option<Checkpoint>), StoreError>,
     ) -> Result<(), StoreError> {
         let (lines, cp) = seal(None)?;
         self.append(&lines, cp.as_ref())
