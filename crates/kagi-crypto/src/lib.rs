@@ -7,6 +7,7 @@
 mod aead;
 mod digest;
 mod error;
+pub mod hpke;
 pub mod legacy;
 mod random;
 mod secret;

@@ -12,6 +12,7 @@ pub mod decision;
 mod error;
 pub mod fwknop;
 pub mod message;
+pub mod native;
 pub mod replay_cache;
 
 pub use error::SpaError;
