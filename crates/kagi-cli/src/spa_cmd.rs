@@ -19,10 +19,18 @@ use crate::output::{Fail, Out};
 
 #[derive(Subcommand, Debug)]
 pub enum SpaCmd {
-    /// Make a fresh encryption key and HMAC key (fwknop's --key-gen format).
-    Keygen,
+    /// Make a fresh encryption key and HMAC key (fwknop's --key-gen format), or with --native
+    /// an X25519 key pair for native SPA.
+    Keygen {
+        /// An X25519 key pair (PRIVATE_KEY / PUBLIC_KEY, hex) for native SPA.
+        #[arg(long)]
+        native: bool,
+    },
     /// Send one SPA packet (fwknop-compatible) asking the server to open ports.
     Knock(KnockArgs),
+    /// Send one native SPA packet (docs/spa-native.md): sealed to the gateway's public key,
+    /// authenticated by this client's own key.
+    KnockNative(KnockNativeArgs),
     /// Say for each packet whether an access.conf would accept it, and if not, why.
     Inspect {
         /// fwknop access.conf.
@@ -107,6 +115,71 @@ fn random_digits() -> String {
         .iter()
         .map(|b| char::from(b'0' + b % 10))
         .collect()
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KnockNativeArgs {
+    /// The gateway (host name or address).
+    #[arg(long)]
+    server: String,
+    /// UDP port.
+    #[arg(long, default_value_t = 62201)]
+    port: u16,
+    /// File holding this client's X25519 private key, hex (`kagi spa keygen --native`).
+    #[arg(long = "key-file")]
+    key_file: std::path::PathBuf,
+    /// The gateway's X25519 public key, hex.
+    #[arg(long = "gateway-key")]
+    gateway_key: String,
+    /// Service to open (repeatable).
+    #[arg(long = "service", required = true)]
+    services: Vec<String>,
+    /// Open only for the data connection from this local source port (5-tuple pinhole);
+    /// 0 = any port from this address.
+    #[arg(long = "source-port", default_value_t = 0)]
+    source_port: u16,
+    /// The address the gateway sees this client as (default: this host's address toward it).
+    #[arg(long)]
+    source: Option<IpAddr>,
+}
+
+fn knock_native(a: KnockNativeArgs) -> Result<(), Fail> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&a.key_file)
+            .map_err(|e| Fail(format!("cannot read {}: {e}", a.key_file.display())))?,
+    );
+    let sk = zeroize::Zeroizing::new(
+        hex::decode(text.trim())
+            .map_err(|_| Fail(format!("{} does not hold a hex key", a.key_file.display())))?,
+    );
+    let client =
+        kagi_crypto::hpke::HpkeKeyPair::from_private(&sk).map_err(|e| Fail(e.to_string()))?;
+    let mut gateway = [0u8; 32];
+    hex::decode_to_slice(a.gateway_key.trim(), &mut gateway)
+        .map_err(|_| Fail("--gateway-key must be 64 hex digits".into()))?;
+    let dest = (a.server.as_str(), a.port)
+        .to_socket_addrs()
+        .map_err(|e| Fail(format!("cannot resolve {}: {e}", a.server)))?
+        .next()
+        .ok_or_else(|| Fail(format!("{} has no address", a.server)))?;
+    let bind: std::net::SocketAddr = if dest.is_ipv6() {
+        "[::]:0".parse().unwrap_or(dest)
+    } else {
+        "0.0.0.0:0".parse().unwrap_or(dest)
+    };
+    let sock = UdpSocket::bind(bind).map_err(|e| Fail(format!("cannot open a UDP socket: {e}")))?;
+    sock.connect(dest)
+        .map_err(|e| Fail(format!("no route to {dest}: {e}")))?;
+    let addr = match a.source {
+        Some(s) => s,
+        None => sock.local_addr()?.ip(),
+    };
+    let knock = kagi_spa::native::Knock::new(unix_now(), addr, a.source_port, a.services);
+    let packet =
+        kagi_spa::native::seal(&client, &gateway, &knock).map_err(|e| Fail(e.to_string()))?;
+    sock.send(&packet)
+        .map_err(|e| Fail(format!("cannot send to {dest}: {e}")))?;
+    Ok(())
 }
 
 pub fn knock(a: KnockArgs) -> Result<(), Fail> {
@@ -204,7 +277,13 @@ pub fn load_access_conf(path: &std::path::Path) -> Result<Vec<Stanza>, Fail> {
 
 pub fn run(cmd: SpaCmd) -> Result<(), Fail> {
     match cmd {
-        SpaCmd::Keygen => {
+        SpaCmd::Keygen { native: true } => {
+            let k = kagi_crypto::hpke::HpkeKeyPair::generate();
+            println!("PRIVATE_KEY: {}", hex::encode(k.private_bytes().expose()));
+            println!("PUBLIC_KEY: {}", hex::encode(k.public()));
+            Ok(())
+        }
+        SpaCmd::Keygen { native: false } => {
             println!(
                 "KEY_BASE64: {}",
                 B64.encode(kagi_crypto::random_array::<32>())
@@ -216,6 +295,7 @@ pub fn run(cmd: SpaCmd) -> Result<(), Fail> {
             Ok(())
         }
         SpaCmd::Knock(a) => knock(a),
+        SpaCmd::KnockNative(a) => knock_native(a),
         SpaCmd::Inspect {
             access_conf,
             no_packet_aging,

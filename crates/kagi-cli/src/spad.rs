@@ -7,8 +7,10 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use kagi_crypto::hpke::HpkeKeyPair;
 use kagi_firewall::{Firewall, LogOnly, Nftables};
 use kagi_spa::decision::{decide, DaemonPolicy};
+use kagi_spa::native_decision::{NativeClient, NativeGateway, NativeGrant, NativeRefusal};
 use kagi_spa::replay_cache::ReplayCache;
 use serde::Deserialize;
 
@@ -16,10 +18,10 @@ use crate::output::Fail;
 
 #[derive(clap::Args, Debug)]
 pub struct SpadArgs {
-    /// fwknop access.conf.
+    /// fwknop access.conf (optional when the config has a [native] section).
     #[arg(long = "access-conf")]
-    access_conf: PathBuf,
-    /// Daemon settings (TOML): listen, max_packet_age, replay_cache.
+    access_conf: Option<PathBuf>,
+    /// Daemon settings (TOML): listen, max_packet_age, replay_cache, [native].
     #[arg(long)]
     config: Option<PathBuf>,
     /// UDP address to listen on (default [::]:62201, IPv4 and IPv6).
@@ -39,6 +41,90 @@ struct SpadConfig {
     listen: Option<SocketAddr>,
     max_packet_age: Option<u64>,
     replay_cache: Option<PathBuf>,
+    native: Option<NativeConfig>,
+}
+
+/// `[native]`: kagi's own SPA packets (docs/spa-native.md) — no shared secrets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeConfig {
+    /// File holding this gateway's X25519 private key, hex (`kagi spa keygen --native`).
+    key_file: PathBuf,
+    /// Seconds a knock opens access for (default 30).
+    timeout: Option<u32>,
+    /// Service name -> ports, e.g. kms = ["tcp/7300"].
+    services: std::collections::BTreeMap<String, Vec<String>>,
+    /// Enrolled clients.
+    #[serde(default, rename = "client")]
+    clients: Vec<NativeClientConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeClientConfig {
+    name: String,
+    /// X25519 public key, hex.
+    public_key: String,
+    services: Vec<String>,
+}
+
+fn hex32(what: &str, s: &str) -> Result<[u8; 32], Fail> {
+    let mut k = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut k)
+        .map_err(|_| Fail(format!("{what} must be 64 hex digits (32 bytes)")))?;
+    Ok(k)
+}
+
+fn native_gateway(c: &NativeConfig) -> Result<NativeGateway, Fail> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&c.key_file)
+            .map_err(|e| Fail(format!("cannot read {}: {e}", c.key_file.display())))?,
+    );
+    let sk = zeroize::Zeroizing::new(hex32(
+        &format!("the key in {}", c.key_file.display()),
+        &text,
+    )?);
+    let key = HpkeKeyPair::from_private(&sk[..]).map_err(|e| Fail(e.to_string()))?;
+    let mut services = std::collections::HashMap::new();
+    for (name, specs) in &c.services {
+        let spec =
+            kagi_spa::AccessSpec::parse(&format!("0.0.0.0,{}", specs.join(","))).map_err(|_| {
+                Fail(format!(
+                    "[native.services] {name}: ports must be proto/port (e.g. \"tcp/7300\")"
+                ))
+            })?;
+        services.insert(name.clone(), spec.ports);
+    }
+    let mut clients = std::collections::HashMap::new();
+    for cl in &c.clients {
+        let public = hex32(&format!("client {} public_key", cl.name), &cl.public_key)?;
+        if let Some(s) = cl.services.iter().find(|s| !services.contains_key(*s)) {
+            return Err(Fail(format!(
+                "client {} names service {s}, which [native.services] does not define",
+                cl.name
+            )));
+        }
+        clients.insert(
+            kagi_spa::native::key_id(&public),
+            NativeClient {
+                name: cl.name.clone(),
+                public,
+                services: cl.services.clone(),
+            },
+        );
+    }
+    Ok(NativeGateway {
+        key,
+        clients,
+        services,
+        timeout: c.timeout.unwrap_or(30),
+    })
+}
+
+/// One datagram's outcome, from either packet format.
+enum Outcome {
+    Fwknop(kagi_spa::decision::Verdict),
+    Native(Result<NativeGrant, NativeRefusal>),
 }
 
 /// Datagrams decided together (one fsync, one nft transaction).
@@ -147,7 +233,16 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
         }
         None => SpadConfig::default(),
     };
-    let stanzas = crate::spa_cmd::load_access_conf(&a.access_conf)?;
+    let stanzas = match &a.access_conf {
+        Some(p) => crate::spa_cmd::load_access_conf(p)?,
+        None if cfg.native.is_some() => Vec::new(),
+        None => {
+            return Err(Fail(
+                "give --access-conf (fwknop stanzas) or a [native] section in --config".into(),
+            ))
+        }
+    };
+    let native = cfg.native.as_ref().map(native_gateway).transpose()?;
     let max_age = cfg.max_packet_age.unwrap_or(120);
     let replay_path = cfg
         .replay_cache
@@ -173,6 +268,11 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
     let mut protected: Vec<_> = stanzas
         .iter()
         .flat_map(|s| s.protected_ports().iter().copied())
+        .chain(
+            native
+                .iter()
+                .flat_map(|n| n.services.values().flatten().copied()),
+        )
         .collect();
     protected.sort();
     protected.dedup();
@@ -191,7 +291,7 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
     };
     let mut last_evict = Instant::now();
     let mut replay_lines = String::new();
-    let mut decided: Vec<(IpAddr, kagi_spa::decision::Verdict)> = Vec::with_capacity(MAX_BATCH);
+    let mut decided: Vec<(IpAddr, Outcome)> = Vec::with_capacity(MAX_BATCH);
     let shutdown = crate::server_cmd::shutdown_signal();
     tokio::pin!(shutdown);
     let result: Result<(), Fail> = loop {
@@ -219,12 +319,24 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
                 v4 => v4,
             };
             let packet = &buf[..n];
-            let before = cache.len();
-            let verdict = decide(packet, src, None, t, &stanzas, policy, &mut cache);
-            if cache.len() > before {
-                replay_lines.push_str(&replay_line(&kagi_crypto::sha256(packet), t));
-            }
-            decided.push((src, verdict));
+            let outcome = match &native {
+                Some(gw) if packet.starts_with(kagi_spa::native::MAGIC) => {
+                    let v = gw.decide(packet, src, t as u64, max_age, &mut cache);
+                    if let Ok(g) = &v {
+                        replay_lines.push_str(&replay_line(&g.replay, t));
+                    }
+                    Outcome::Native(v)
+                }
+                _ => {
+                    let before = cache.len();
+                    let verdict = decide(packet, src, None, t, &stanzas, policy, &mut cache);
+                    if cache.len() > before {
+                        replay_lines.push_str(&replay_line(&kagi_crypto::sha256(packet), t));
+                    }
+                    Outcome::Fwknop(verdict)
+                }
+            };
+            decided.push((src, outcome));
             if decided.len() >= MAX_BATCH {
                 break;
             }
@@ -245,11 +357,23 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
         }
         let grants: Vec<kagi_firewall::Access> = decided
             .iter()
-            .filter_map(|(_, v)| v.as_ref().ok())
-            .flat_map(|g| {
-                g.ports
-                    .iter()
-                    .map(move |(p, n)| (g.address, *p, *n, g.timeout))
+            .flat_map(|(_, o)| -> Vec<kagi_firewall::Access> {
+                match o {
+                    Outcome::Fwknop(Ok(g)) => g
+                        .ports
+                        .iter()
+                        .map(|(p, n)| kagi_firewall::Access::new(g.address, *p, *n, g.timeout))
+                        .collect(),
+                    Outcome::Native(Ok(g)) => g
+                        .ports
+                        .iter()
+                        .map(|(p, n)| kagi_firewall::Access {
+                            src_port: g.src_port,
+                            ..kagi_firewall::Access::new(g.address, *p, *n, g.timeout)
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                }
             })
             .collect();
         let fw_ok = match fw.grant(&grants) {
@@ -259,21 +383,33 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
                 false
             }
         };
-        for (src, v) in &decided {
+        let verdict = if fw_ok { "accept" } else { "error" };
+        for (src, o) in &decided {
             if !log.allow() {
                 continue;
             }
-            match v {
-                Ok(g) => {
+            match o {
+                Outcome::Fwknop(Ok(g)) => {
                     let ports: Vec<String> = g
                         .ports
                         .iter()
                         .map(|(p, n)| kagi_spa::port_spec(*p, *n))
                         .collect();
-                    tracing::info!(source = %src, stanza = %g.stanza, verdict = if fw_ok { "accept" } else { "error" }, address = %g.address, ports = %ports.join(","), timeout = g.timeout, user = %g.username, "spa decision");
+                    tracing::info!(source = %src, stanza = %g.stanza, verdict, address = %g.address, ports = %ports.join(","), timeout = g.timeout, user = %g.username, "spa decision");
                 }
-                Err(r) => {
+                Outcome::Native(Ok(g)) => {
+                    let ports: Vec<String> = g
+                        .ports
+                        .iter()
+                        .map(|(p, n)| kagi_spa::port_spec(*p, *n))
+                        .collect();
+                    tracing::info!(source = %src, client = %g.client, verdict, address = %g.address, source_port = ?g.src_port, ports = %ports.join(","), timeout = g.timeout, "native spa decision");
+                }
+                Outcome::Fwknop(Err(r)) => {
                     tracing::info!(source = %src, verdict = "reject", reason = %r, "spa decision")
+                }
+                Outcome::Native(Err(r)) => {
+                    tracing::info!(source = %src, verdict = "reject", reason = %r, "native spa decision")
                 }
             }
         }

@@ -102,6 +102,18 @@ impl Net {
     }
 
     /// A TCP listener on the server (IPv4 and IPv6).
+    /// A TCP connection from `from`:`sport` (0 = any) to `to`:`port`: does it open?
+    fn tcp_open_port(&self, from: &str, sport: u16, to: &str, port: u16) -> bool {
+        let code = format!(
+            "import socket\ns=socket.socket(socket.AF_INET);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('{from}',{sport}));s.settimeout(0.5)\ntry:\n  s.connect(('{to}',{port}));print('open')\nexcept Exception:\n  print('closed')"
+        );
+        let o = self
+            .exec(&self.cli, &["python3", "-c", &code])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim() == "open"
+    }
+
     fn listener(&self, port: u16) -> Child {
         let code = format!(
             "import socket\ns=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0);s.bind(('::',{port}));s.listen(64)\nwhile True:\n  c,_=s.accept();c.close()"
@@ -656,5 +668,131 @@ fn ipv6_knock_with_kagi_client_opens_and_expires() {
     assert!(
         wait_until(Duration::from_secs(8), || !net.tcp_open(&me, &srv, 7300)),
         "IPv6 access did not expire"
+    );
+}
+
+fn native_keys() -> (String, String) {
+    let o = Command::new(kagi_bin())
+        .args(["spa", "keygen", "--native"])
+        .output()
+        .unwrap();
+    let t = String::from_utf8(o.stdout).unwrap();
+    let get = |k: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    (get("PRIVATE_KEY:"), get("PUBLIC_KEY:"))
+}
+
+#[test]
+fn native_knock_opens_only_its_five_tuple() {
+    let test = "native_knock_opens_only_its_five_tuple";
+    if skip_unless_ready(test, &["nft", "python3"]) {
+        return;
+    }
+    let net = Net::new("e", 15);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (gw_private, gw_public) = native_keys();
+    let (alice_private, alice_public) = native_keys();
+    let (eve_private, _) = native_keys();
+    std::fs::write(d.join("gateway.key"), &gw_private).unwrap();
+    std::fs::write(d.join("alice.key"), &alice_private).unwrap();
+    std::fs::write(d.join("eve.key"), &eve_private).unwrap();
+    std::fs::write(
+        d.join("spad.toml"),
+        format!(
+            "replay_cache = \"{}\"\n[native]\nkey_file = \"{}\"\ntimeout = 30\n[native.services]\nkms = [\"tcp/7300\"]\n[[native.client]]\nname = \"alice\"\npublic_key = \"{alice_public}\"\nservices = [\"kms\"]\n",
+            d.join("replay").display(),
+            d.join("gateway.key").display()
+        ),
+    )
+    .unwrap();
+    let log = d.join("spad.log");
+    let _spad = Proc(
+        net.exec(
+            &net.srv,
+            &[
+                kagi_bin(),
+                "spad",
+                "--config",
+                d.join("spad.toml").to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening")),
+        "spad did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let _svc = Proc(net.listener(7300));
+    let (srv, cli, cli2) = (net.ip(1), net.ip(2), net.ip(3));
+    assert!(
+        !net.tcp_open_port(&cli, 41_000, &srv, 7300),
+        "open before any knock"
+    );
+    let knock = |key: &str| {
+        let st = net
+            .exec(
+                &net.cli,
+                &[
+                    kagi_bin(),
+                    "spa",
+                    "knock-native",
+                    "--server",
+                    &srv,
+                    "--key-file",
+                    d.join(key).to_str().unwrap(),
+                    "--gateway-key",
+                    &gw_public,
+                    "--service",
+                    "kms",
+                    "--source-port",
+                    "41000",
+                    "--source",
+                    &cli,
+                ],
+            )
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    // A client the gateway never enrolled: nothing opens, and spad says why.
+    knock("eve.key");
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("no enrolled client")
+    }));
+    assert!(!net.tcp_open_port(&cli, 41_000, &srv, 7300));
+    // Alice: exactly her declared 5-tuple opens — not another port, not another address.
+    knock("alice.key");
+    assert!(
+        wait_until(Duration::from_secs(5), || net
+            .tcp_open_port(&cli, 41_000, &srv, 7300)),
+        "alice's pinhole did not open: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        !net.tcp_open_port(&cli, 41_001, &srv, 7300),
+        "another source port got in"
+    );
+    assert!(
+        !net.tcp_open_port(&cli2, 41_000, &srv, 7300),
+        "another address got in"
+    );
+    let l = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        l.contains("client=alice") && l.contains("source_port=Some(41000)"),
+        "{l}"
     );
 }

@@ -26,8 +26,34 @@ pub enum FirewallError {
     Refused(String),
 }
 
-/// One grant: address, protocol, port, seconds.
-pub type Access = (IpAddr, Proto, u16, u32);
+/// One grant: traffic from `addr` (and, when `src_port` is set, only from that source port —
+/// the 5-tuple pinhole of native SPA) to `proto`/`port`, for `timeout` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Client address.
+    pub addr: IpAddr,
+    /// Client source port; None = any.
+    pub src_port: Option<u16>,
+    /// Protocol.
+    pub proto: Proto,
+    /// Service port.
+    pub port: u16,
+    /// Seconds.
+    pub timeout: u32,
+}
+
+impl Access {
+    /// Any source port from `addr`.
+    pub fn new(addr: IpAddr, proto: Proto, port: u16, timeout: u32) -> Self {
+        Self {
+            addr,
+            src_port: None,
+            proto,
+            port,
+            timeout,
+        }
+    }
+}
 
 /// What the daemon asks of a firewall.
 pub trait Firewall: Send {
@@ -52,8 +78,8 @@ impl Firewall for LogOnly {
         Ok(())
     }
     fn grant(&mut self, grants: &[Access]) -> Result<(), FirewallError> {
-        for (addr, proto, port, timeout) in grants {
-            tracing::info!(%addr, proto = proto.as_str(), port, timeout, "firewall none: would open");
+        for g in grants {
+            tracing::info!(addr = %g.addr, src_port = ?g.src_port, proto = g.proto.as_str(), port = g.port, timeout = g.timeout, "firewall none: would open");
         }
         Ok(())
     }
@@ -103,9 +129,13 @@ pub fn ruleset(table: &str, protected: &[(Proto, u16)], default_drop: bool) -> S
         "table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n\
          \tset allowed4 {{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}\n\
          \tset allowed6 {{ type ipv6_addr . inet_proto . inet_service; flags timeout; }}\n\
+         \tset pinhole4 {{ type ipv4_addr . inet_service . inet_proto . inet_service; flags timeout; }}\n\
+         \tset pinhole6 {{ type ipv6_addr . inet_service . inet_proto . inet_service; flags timeout; }}\n\
          \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\
          \t\tip saddr . meta l4proto . th dport @allowed4 accept\n\
-         \t\tip6 saddr . meta l4proto . th dport @allowed6 accept\n"
+         \t\tip6 saddr . meta l4proto . th dport @allowed6 accept\n\
+         \t\tip saddr . th sport . meta l4proto . th dport @pinhole4 accept\n\
+         \t\tip6 saddr . th sport . meta l4proto . th dport @pinhole6 accept\n"
     );
     if default_drop {
         for proto in [Proto::Tcp, Proto::Udp] {
@@ -137,15 +167,25 @@ pub fn grant_script(table: &str, grants: &[Access]) -> String {
 /// where that restarts an existing element's timeout.
 pub fn grant_script_with(table: &str, grants: &[Access], refresh_by_add: bool) -> String {
     let mut s = String::new();
-    for (addr, proto, port, timeout) in grants {
-        let (set, a) = match addr {
-            IpAddr::V4(v4) => ("allowed4", v4.to_string()),
+    for g in grants {
+        let (v4, a) = match g.addr {
+            IpAddr::V4(v4) => (true, v4.to_string()),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ("allowed4", v4.to_string()),
-                None => ("allowed6", v6.to_string()),
+                Some(v4) => (true, v4.to_string()),
+                None => (false, v6.to_string()),
             },
         };
-        let el = format!("{a} . {} . {port}", proto.as_str());
+        let (set, el) = match g.src_port {
+            None => (
+                if v4 { "allowed4" } else { "allowed6" },
+                format!("{a} . {} . {}", g.proto.as_str(), g.port),
+            ),
+            Some(sp) => (
+                if v4 { "pinhole4" } else { "pinhole6" },
+                format!("{a} . {sp} . {} . {}", g.proto.as_str(), g.port),
+            ),
+        };
+        let timeout = g.timeout;
         if refresh_by_add {
             s.push_str(&format!(
                 "add element inet {table} {set} {{ {el} timeout {timeout}s }}\n"
@@ -237,6 +277,7 @@ mod tests {
         assert!(r.contains("tcp dport { 22, 7300 } drop"));
         assert!(r.contains("udp dport { 53 } drop"));
         assert!(r.contains("@allowed4 accept"));
+        assert!(r.contains("ip saddr . th sport . meta l4proto . th dport @pinhole4 accept"));
         let open = ruleset("kagi", &[(Proto::Tcp, 22)], false);
         assert!(!open.contains("drop"));
     }
@@ -246,17 +287,24 @@ mod tests {
         let g = grant_script(
             "kagi",
             &[
-                ("10.0.0.2".parse().unwrap(), Proto::Tcp, 22, 30),
-                ("::ffff:10.0.0.3".parse().unwrap(), Proto::Udp, 53, 5),
-                ("fd00::2".parse().unwrap(), Proto::Tcp, 22, 9),
+                Access::new("10.0.0.2".parse().unwrap(), Proto::Tcp, 22, 30),
+                Access::new("::ffff:10.0.0.3".parse().unwrap(), Proto::Udp, 53, 5),
+                Access::new("fd00::2".parse().unwrap(), Proto::Tcp, 22, 9),
+                Access {
+                    src_port: Some(40_000),
+                    ..Access::new("10.0.0.4".parse().unwrap(), Proto::Tcp, 7300, 7)
+                },
             ],
         );
+        assert!(g.contains(
+            "add element inet kagi pinhole4 { 10.0.0.4 . 40000 . tcp . 7300 timeout 7s }"
+        ));
         assert!(g.contains("add element inet kagi allowed4 { 10.0.0.2 . tcp . 22 timeout 30s }"));
         assert!(g.contains("delete element inet kagi allowed4 { 10.0.0.3 . udp . 53 }"));
         assert!(g.contains("add element inet kagi allowed6 { fd00::2 . tcp . 22 timeout 9s }"));
         let fast = grant_script_with(
             "kagi",
-            &[("10.0.0.2".parse().unwrap(), Proto::Tcp, 22, 30)],
+            &[Access::new("10.0.0.2".parse().unwrap(), Proto::Tcp, 22, 30)],
             true,
         );
         assert_eq!(

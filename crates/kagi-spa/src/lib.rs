@@ -13,6 +13,7 @@ mod error;
 pub mod fwknop;
 pub mod message;
 pub mod native;
+pub mod native_decision;
 pub mod replay_cache;
 
 pub use error::SpaError;

@@ -1,13 +1,14 @@
 //! kagi's native SPA packet: no shared secret on the gateway. The knock is sealed to the
 //! gateway's public key with HPKE auth mode (RFC 9180; X25519, HKDF-SHA256, ChaCha20-Poly1305)
 //! and authenticated by the client's own static key, which the gateway looks up by the key id
-//! in the clear header. The knock binds the client's address and, optionally, its source port
-//! (the NAT pinhole fix of the SDP TLA+ model: open the 5-tuple, not the address), a timestamp
-//! and a random nonce. One UDP datagram; `docs/spa-native.md` has the bytes.
+//! in the clear header. The knock binds the client's address and, optionally, the source port
+//! its data connection will use (the NAT pinhole fix of the SDP TLA+ model: the gateway opens
+//! that exact 5-tuple, not the whole address), a timestamp and a random nonce. One UDP
+//! datagram; `docs/spa-native.md` has the bytes.
 //!
 //! Pure: no I/O, no clock (the caller passes `now`), no allocation before the cheap checks.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use kagi_crypto::hpke::{self, HpkeKeyPair, ENC_LEN, PUBLIC_KEY_LEN, TAG_LEN};
 
@@ -53,9 +54,6 @@ pub enum NativeError {
     /// The datagram came from another address than the knock names.
     #[error("knock names another source address than the packet came from")]
     AddressMismatch,
-    /// The datagram came from another source port than the knock names.
-    #[error("knock names another source port than the packet came from")]
-    PortMismatch,
     /// A service name is empty, too long or has characters outside [A-Za-z0-9._-].
     #[error("a service name is empty, longer than 64 bytes or not [A-Za-z0-9._-]")]
     BadService,
@@ -171,21 +169,17 @@ impl Knock {
     }
 
     /// Checks the knock against the datagram it came in and the clock: the address must be the
-    /// datagram's source, the port too unless the knock says 0, and the timestamp within
-    /// `max_age` seconds either way.
-    pub fn check(&self, from: SocketAddr, now: u64, max_age: u64) -> Result<(), NativeError> {
+    /// datagram's source address and the timestamp within `max_age` seconds either way.
+    pub fn check(&self, from: IpAddr, now: u64, max_age: u64) -> Result<(), NativeError> {
         if now.abs_diff(self.timestamp) > max_age {
             return Err(NativeError::Stale);
         }
-        let src = match from.ip() {
+        let src = match from {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
         if src != self.addr {
             return Err(NativeError::AddressMismatch);
-        }
-        if self.port != 0 && self.port != from.port() {
-            return Err(NativeError::PortMismatch);
         }
         Ok(())
     }
@@ -298,28 +292,21 @@ mod tests {
         let cpk = client.public();
         let (id, got) = open(&gateway, &p, |id| (*id == key_id(&cpk)).then_some(cpk)).unwrap();
         assert_eq!(got, knock);
-        let from: SocketAddr = "10.201.0.2:40000".parse().unwrap();
+        let from: IpAddr = "10.201.0.2".parse().unwrap();
         got.check(from, 1_010, 30).unwrap();
         assert_eq!(got.check(from, 1_031, 30), Err(NativeError::Stale));
         assert_eq!(got.check(from, 969, 30), Err(NativeError::Stale));
         assert_eq!(
-            got.check("10.201.0.3:40000".parse().unwrap(), 1_000, 30),
+            got.check("10.201.0.3".parse().unwrap(), 1_000, 30),
             Err(NativeError::AddressMismatch)
         );
-        assert_eq!(
-            got.check("10.201.0.2:40001".parse().unwrap(), 1_000, 30),
-            Err(NativeError::PortMismatch)
-        );
         // IPv4-mapped IPv6 sources (a dual-stack socket) count as the IPv4 address.
-        got.check("[::ffff:10.201.0.2]:40000".parse().unwrap(), 1_000, 30)
+        got.check("::ffff:10.201.0.2".parse().unwrap(), 1_000, 30)
             .unwrap();
-        // Port 0 = any source port.
         let any = Knock {
             port: 0,
             ..knock.clone()
         };
-        any.check("10.201.0.2:1".parse().unwrap(), 1_000, 30)
-            .unwrap();
         assert_ne!(got.replay_digest(&id), any.replay_digest(&[0; 8]));
     }
 
