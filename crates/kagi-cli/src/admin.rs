@@ -94,6 +94,27 @@ pub enum PolicyCmd {
         #[command(flatten)]
         out: Out,
     },
+    /// Would IDENTITY reach SERVICE at a time with a device posture, and by which rule?
+    /// Evaluates a perimeter policy file (docs/perimeter-policy.md); applies nothing.
+    Test {
+        /// Perimeter policy (TOML).
+        #[arg(long)]
+        perimeter: std::path::PathBuf,
+        /// Identity name.
+        #[arg(long)]
+        identity: String,
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// When (RFC 3339; default now).
+        #[arg(long)]
+        at: Option<String>,
+        /// Device posture claim: os=, os_version=, disk_encryption=, agent_version=.
+        #[arg(long = "posture", value_name = "K=V")]
+        posture: Vec<String>,
+        #[command(flatten)]
+        out: Out,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,6 +296,24 @@ fn write_file_atomically(path: &std::path::Path, data: &[u8]) -> Result<(), Fail
 }
 
 pub async fn policy(conn: &Conn, cmd: PolicyCmd) -> Result<(), Fail> {
+    if let PolicyCmd::Test {
+        perimeter,
+        identity,
+        service,
+        at,
+        posture,
+        out,
+    } = cmd
+    {
+        return perimeter_test(
+            &perimeter,
+            &identity,
+            &service,
+            at.as_deref(),
+            &posture,
+            &out,
+        );
+    }
     let c = conn.client()?;
     match cmd {
         PolicyCmd::Write { name, file, out } => {
@@ -319,7 +358,58 @@ pub async fn policy(conn: &Conn, cmd: PolicyCmd) -> Result<(), Fail> {
                 .await?;
             out.print(&v, |_| format!("policy {name} deleted"));
         }
+        PolicyCmd::Test { .. } => {}
     }
+    Ok(())
+}
+
+/// `kagi policy test`: one perimeter decision, explained; exits 0 whether allowed or not.
+fn perimeter_test(
+    file: &std::path::Path,
+    identity: &str,
+    service: &str,
+    at: Option<&str>,
+    posture: &[String],
+    out: &Out,
+) -> Result<(), Fail> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Fail(format!("cannot read {}: {e}", file.display())))?;
+    let policy = kagi_sdp::policy::PerimeterPolicy::parse(&text)
+        .map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+    let now = match at {
+        Some(t) => t
+            .parse::<jiff::Timestamp>()
+            .map_err(|_| Fail(format!("--at {t:?} is not an RFC 3339 time")))?,
+        None => jiff::Timestamp::now(),
+    };
+    let posture =
+        kagi_sdp::policy::Posture::from_claims(posture).map_err(|e| Fail(e.to_string()))?;
+    let d = policy.decide(&kagi_sdp::policy::Request {
+        identity,
+        service,
+        now,
+        posture: &posture,
+    });
+    let v = json!({
+        "identity": identity,
+        "service": service,
+        "at": now.to_string(),
+        "allowed": d.allowed,
+        "rule": d.rule,
+        "reason": d.reason,
+    });
+    out.print(&v, |v| {
+        format!(
+            "{}: {} ({})\n",
+            if v["allowed"] == true {
+                "allow"
+            } else {
+                "deny"
+            },
+            s(&v["reason"]),
+            v["rule"].as_str().unwrap_or("default")
+        )
+    });
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod justification;
 pub mod key_record;
 pub mod operation;
 pub mod policy;
+pub mod time_window;
 pub mod wrapped_key;
 
 pub use context::EncryptionContext;

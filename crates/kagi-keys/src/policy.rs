@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::time_window::{TimeWindow, TimeWindowSpec};
 use crate::{glob, EncryptionContext, Justification, KeyModelError, Operation};
 
 #[derive(Deserialize)]
@@ -53,22 +54,7 @@ struct WhenFile {
     #[serde(default)]
     source_cidrs: Vec<IpNet>,
     #[serde(default)]
-    time: Vec<TimeWindowFile>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimeWindowFile {
-    #[serde(default)]
-    days: Vec<String>,
-    start: String,
-    end: String,
-    #[serde(default = "utc")]
-    tz: String,
-}
-
-fn utc() -> String {
-    "UTC".to_string()
+    time: Vec<TimeWindowSpec>,
 }
 
 /// Allow or deny.
@@ -79,31 +65,6 @@ pub enum Effect {
     Allow,
     /// Refuses the operation, whatever else allows it.
     Deny,
-}
-
-/// A recurring window, e.g. Tuesdays 02:00-04:00 in Asia/Tokyo.
-#[derive(Debug, Clone)]
-struct TimeWindow {
-    /// Bit i set = weekday i (Monday = 0) included.
-    days: u8,
-    start_min: u16,
-    end_min: u16,
-    tz: jiff::tz::TimeZone,
-}
-
-impl TimeWindow {
-    fn contains(&self, now: jiff::Timestamp) -> bool {
-        let local = now.to_zoned(self.tz.clone());
-        let day = local.weekday().to_monday_zero_offset() as u8;
-        let minute = local.hour() as u16 * 60 + local.minute() as u16;
-        let on = |d: u8| self.days & (1 << d) != 0;
-        if self.start_min <= self.end_min {
-            on(day) && minute >= self.start_min && minute < self.end_min
-        } else {
-            // Wraps past midnight: the part after midnight belongs to the previous day.
-            (on(day) && minute >= self.start_min) || (on((day + 6) % 7) && minute < self.end_min)
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,25 +124,6 @@ impl Decision {
     }
 }
 
-fn parse_hhmm(s: &str) -> Option<u16> {
-    let (h, m) = s.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
-        return None;
-    }
-    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
-    if h == 24 && m == 0 {
-        return Some(24 * 60);
-    }
-    (h < 24 && m < 60).then_some(h * 60 + m)
-}
-
-fn parse_day(s: &str) -> Option<u8> {
-    let d = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-    d.iter()
-        .position(|x| x.eq_ignore_ascii_case(s) || s.to_ascii_lowercase().starts_with(x))
-        .map(|p| p as u8)
-}
-
 impl Policy {
     /// Parses and validates a policy document; the error names the rule and field.
     pub fn parse(text: &str) -> Result<Self, KeyModelError> {
@@ -216,28 +158,7 @@ impl Policy {
             }
             let mut time = Vec::new();
             for t in &w.time {
-                let start = parse_hhmm(&t.start)
-                    .ok_or_else(|| bad(format!("rule {n}: start {:?} is not HH:MM", t.start)))?;
-                let end = parse_hhmm(&t.end)
-                    .ok_or_else(|| bad(format!("rule {n}: end {:?} is not HH:MM", t.end)))?;
-                let mut days = 0u8;
-                if t.days.is_empty() {
-                    days = 0x7f;
-                }
-                for d in &t.days {
-                    let b = parse_day(d).ok_or_else(|| {
-                        bad(format!("rule {n}: unknown day {d:?} (use mon..sun)"))
-                    })?;
-                    days |= 1 << b;
-                }
-                let tz = jiff::tz::TimeZone::get(&t.tz)
-                    .map_err(|_| bad(format!("rule {n}: unknown time zone {:?}", t.tz)))?;
-                time.push(TimeWindow {
-                    days,
-                    start_min: start,
-                    end_min: end,
-                    tz,
-                });
+                time.push(t.parse().map_err(|e| bad(format!("rule {n}: {e}")))?);
             }
             rules.push(Rule {
                 effect: r.effect,
@@ -424,19 +345,6 @@ time = [{ days = ["wed"], start = "02:00", end = "04:00", tz = "Asia/Tokyo" }]
         r.source = Some("10.1.2.3".parse().unwrap());
         r.context = &other;
         assert!(!decide(set, &r).allowed);
-    }
-
-    #[test]
-    fn window_across_midnight() {
-        let w = TimeWindow {
-            days: 1, // Monday
-            start_min: 23 * 60,
-            end_min: 60,
-            tz: jiff::tz::TimeZone::UTC,
-        };
-        assert!(w.contains("2026-11-23T23:30:00Z".parse().unwrap())); // Mon 23:30
-        assert!(w.contains("2026-11-24T00:30:00Z".parse().unwrap())); // Tue 00:30
-        assert!(!w.contains("2026-11-24T23:30:00Z".parse().unwrap())); // Tue 23:30
     }
 
     #[test]

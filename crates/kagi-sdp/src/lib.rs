@@ -1,0 +1,9 @@
+//! kagi's zero-trust perimeter (SDP): what the controller decides. Pure — no I/O, no clock.
+//!
+//! - [`policy`]: identities, groups, services, allow/deny rules (deny wins, default deny),
+//!   recurring time windows with a time zone, just-in-time grants and device-posture
+//!   requirements; [`policy::PerimeterPolicy::decide`] answers "would X reach Y at time T with
+//!   posture P, and by which rule" (`kagi policy test`).
+#![forbid(unsafe_code)]
+
+pub mod policy;
