@@ -143,6 +143,22 @@ pub struct KnockNativeArgs {
     source: Option<IpAddr>,
 }
 
+/// A UDP socket of the right family for `server:port`, and that address.
+fn udp_socket_to(server: &str, port: u16) -> Result<(UdpSocket, std::net::SocketAddr), Fail> {
+    let dest = (server, port)
+        .to_socket_addrs()
+        .map_err(|e| Fail(format!("cannot resolve {server}: {e}")))?
+        .next()
+        .ok_or_else(|| Fail(format!("{server} has no address")))?;
+    let bind: std::net::SocketAddr = if dest.is_ipv6() {
+        "[::]:0".parse().unwrap_or(dest)
+    } else {
+        "0.0.0.0:0".parse().unwrap_or(dest)
+    };
+    let sock = UdpSocket::bind(bind).map_err(|e| Fail(format!("cannot open a UDP socket: {e}")))?;
+    Ok((sock, dest))
+}
+
 fn knock_native(a: KnockNativeArgs) -> Result<(), Fail> {
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(&a.key_file)
@@ -157,17 +173,7 @@ fn knock_native(a: KnockNativeArgs) -> Result<(), Fail> {
     let mut gateway = [0u8; 32];
     hex::decode_to_slice(a.gateway_key.trim(), &mut gateway)
         .map_err(|_| Fail("--gateway-key must be 64 hex digits".into()))?;
-    let dest = (a.server.as_str(), a.port)
-        .to_socket_addrs()
-        .map_err(|e| Fail(format!("cannot resolve {}: {e}", a.server)))?
-        .next()
-        .ok_or_else(|| Fail(format!("{} has no address", a.server)))?;
-    let bind: std::net::SocketAddr = if dest.is_ipv6() {
-        "[::]:0".parse().unwrap_or(dest)
-    } else {
-        "0.0.0.0:0".parse().unwrap_or(dest)
-    };
-    let sock = UdpSocket::bind(bind).map_err(|e| Fail(format!("cannot open a UDP socket: {e}")))?;
+    let (sock, dest) = udp_socket_to(&a.server, a.port)?;
     sock.connect(dest)
         .map_err(|e| Fail(format!("no route to {dest}: {e}")))?;
     let addr = match a.source {
@@ -231,17 +237,7 @@ pub fn knock(a: KnockArgs) -> Result<(), Fail> {
         println!("{packet}");
         return Ok(());
     }
-    let dest = (a.server.as_str(), a.port)
-        .to_socket_addrs()
-        .map_err(|e| Fail(format!("cannot resolve {}: {e}", a.server)))?
-        .next()
-        .ok_or_else(|| Fail(format!("{} has no address", a.server)))?;
-    let bind: std::net::SocketAddr = if dest.is_ipv6() {
-        "[::]:0".parse().unwrap_or(dest)
-    } else {
-        "0.0.0.0:0".parse().unwrap_or(dest)
-    };
-    let sock = UdpSocket::bind(bind).map_err(|e| Fail(format!("cannot open a UDP socket: {e}")))?;
+    let (sock, dest) = udp_socket_to(&a.server, a.port)?;
     sock.send_to(packet.as_bytes(), dest)
         .map_err(|e| Fail(format!("cannot send to {dest}: {e}")))?;
     Ok(())

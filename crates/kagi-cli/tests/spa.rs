@@ -215,19 +215,18 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn start_spad(net: &Net, dir: &Path, log: &str) -> Proc {
+    let conf = dir.join("access.conf");
+    start_spad_with(net, dir, log, &["--access-conf", conf.to_str().unwrap()])
+}
+
+/// `kagi spad --config DIR/spad.toml [extra...]` in the server namespace, once it listens.
+fn start_spad_with(net: &Net, dir: &Path, log: &str, extra: &[&str]) -> Proc {
     let out = std::fs::File::create(dir.join(log)).unwrap();
+    let config = dir.join("spad.toml");
+    let mut args = vec![kagi_bin(), "spad", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
     let child = net
-        .exec(
-            &net.srv,
-            &[
-                kagi_bin(),
-                "spad",
-                "--access-conf",
-                dir.join("access.conf").to_str().unwrap(),
-                "--config",
-                dir.join("spad.toml").to_str().unwrap(),
-            ],
-        )
+        .exec(&net.srv, &args)
         .stdout(Stdio::null())
         .stderr(out)
         .spawn()
@@ -712,28 +711,7 @@ fn native_knock_opens_only_its_five_tuple() {
     )
     .unwrap();
     let log = d.join("spad.log");
-    let _spad = Proc(
-        net.exec(
-            &net.srv,
-            &[
-                kagi_bin(),
-                "spad",
-                "--config",
-                d.join("spad.toml").to_str().unwrap(),
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("listening")),
-        "spad did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let _spad = start_spad_with(&net, d, "spad.log", &[]);
     let _svc = Proc(net.listener(7300));
     let (srv, cli, cli2) = (net.ip(1), net.ip(2), net.ip(3));
     assert!(
