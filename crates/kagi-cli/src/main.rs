@@ -4,8 +4,10 @@
 
 mod admin;
 mod audit_cmd;
+mod connect_cmd;
 mod datakey;
 mod envelope_cmd;
+mod gateway;
 mod keys;
 mod output;
 mod server_cmd;
@@ -96,6 +98,10 @@ enum Cmd {
     Spa(spa_cmd::SpaCmd),
     /// The SPA daemon: opens ports on nftables for valid knocks, answers nothing.
     Spad(spad::SpadArgs),
+    /// Perimeter gateway: mutual TLS in, the perimeter policy, a splice to the service.
+    Gateway(gateway::GatewayArgs),
+    /// Reach a service through a perimeter gateway on a local port.
+    Connect(connect_cmd::ConnectArgs),
 }
 
 fn main() {
@@ -121,6 +127,8 @@ fn main() {
             Cmd::Decrypt(a) => envelope_cmd::decrypt(&cli.conn, a).await,
             Cmd::Spa(c) => spa_cmd::run(c),
             Cmd::Spad(a) => spad::run(a).await,
+            Cmd::Gateway(a) => gateway::run(a).await,
+            Cmd::Connect(a) => connect_cmd::run(a).await,
         }
     });
     if let Err(f) = r {

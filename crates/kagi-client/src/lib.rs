@@ -116,7 +116,8 @@ impl Backoff {
     }
 }
 
-fn tls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig, ClientError> {
+/// The rustls client configuration for `cfg` (its CA, and its client certificate if any).
+pub fn tls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &cfg.ca_cert {

@@ -4,6 +4,8 @@
 //!   recurring time windows with a time zone, just-in-time grants and device-posture
 //!   requirements; [`policy::PerimeterPolicy::decide`] answers "would X reach Y at time T with
 //!   posture P, and by which rule" (`kagi policy test`).
+//! - [`tunnel`]: the request and answer lines of a `kagi connect` tunnel through a gateway.
 #![forbid(unsafe_code)]
 
 pub mod policy;
+pub mod tunnel;

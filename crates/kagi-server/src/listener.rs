@@ -20,6 +20,23 @@ use crate::config::TlsConfig;
 /// Builds the rustls server config: TLS 1.2+ (aws-lc-rs provider), HTTP/2 and 1.1 via
 /// ALPN, optional client certificates verified against `client_ca`.
 pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
+    tls_acceptor_with(tls, false, &[b"h2", b"http/1.1"])
+}
+
+/// A TLS acceptor that requires a client certificate signed by `tls.client_ca` (mutual TLS,
+/// for the perimeter gateway), with the given ALPN protocols.
+pub fn mtls_acceptor(tls: &TlsConfig, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
+    if tls.client_ca.is_none() {
+        return Err("mutual TLS needs client_ca".into());
+    }
+    tls_acceptor_with(tls, true, alpn)
+}
+
+fn tls_acceptor_with(
+    tls: &TlsConfig,
+    require_client_cert: bool,
+    alpn: &[&[u8]],
+) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .map_err(|e| format!("cannot read TLS certificate {}: {e}", tls.cert.display()))?
         .collect::<Result<_, _>>()
@@ -56,10 +73,15 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| format!("client CA {}: {e}", ca.display()))?;
+            );
+            let verifier = if require_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("client CA {}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -67,11 +89,12 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
     let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
-fn subject_cn(cert: &CertificateDer<'_>) -> Option<String> {
+/// The subject common name of a DER certificate.
+pub fn subject_cn(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let cn = parsed
         .subject()

@@ -1,0 +1,182 @@
+//! The perimeter gateway on loopback: mutual TLS, per-identity policy, egress only to the
+//! service's policy address, policy changes applied within seconds — new tunnels refused and
+//! live ones closed.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{free_port, kagi_bin, Server};
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn certs(d: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kagi perimeter test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+    let gw_key = KeyPair::generate().unwrap();
+    let gw = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&gw_key, &issuer)
+        .unwrap();
+    std::fs::write(d.join("gw.pem"), gw.pem()).unwrap();
+    std::fs::write(d.join("gw.key"), gw_key.serialize_pem()).unwrap();
+    for who in ["alice", "eve"] {
+        let k = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, who);
+        let c = p.signed_by(&k, &issuer).unwrap();
+        std::fs::write(d.join(format!("{who}.pem")), c.pem()).unwrap();
+        std::fs::write(d.join(format!("{who}.key")), k.serialize_pem()).unwrap();
+    }
+}
+
+fn policy(kms: &str, allow_alice: bool) -> String {
+    let rule = if allow_alice {
+        "[[rule]]\nname = \"alice-kms\"\neffect = \"allow\"\nfrom = [\"alice\"]\nto = [\"kms\"]\n"
+    } else {
+        ""
+    };
+    format!(
+        "[[identity]]\nname = \"alice\"\nkind = \"user\"\n[[service]]\nname = \"kms\"\naddress = \"{kms}\"\n{rule}"
+    )
+}
+
+/// `kagi connect` as `who` for `service`; returns it and its local address.
+fn connect(d: &Path, gw: &str, who: &str, service: &str) -> (Proc, String, std::path::PathBuf) {
+    let err = d.join(format!("connect-{who}-{service}.log"));
+    let mut c = Command::new(kagi_bin())
+        .args(["connect", service, "--gateway", gw])
+        .args(["--cert", d.join(format!("{who}.pem")).to_str().unwrap()])
+        .args(["--key", d.join(format!("{who}.key")).to_str().unwrap()])
+        .args(["--gateway-ca", d.join("ca.pem").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    (Proc(c), addr, err)
+}
+
+#[test]
+fn gateway_enforces_identity_policy_egress_and_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certs(d);
+    let s = Server::dev(&d.join("data"), &[]);
+    s.ok(&["key", "create", "k1"]);
+    let kms = s.addr.trim_start_matches("http://").to_string();
+    std::fs::write(d.join("perimeter.toml"), policy(&kms, true)).unwrap();
+    let gw = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        d.join("gateway.toml"),
+        format!(
+            "listen = \"{gw}\"\ncert = \"{p}/gw.pem\"\nkey = \"{p}/gw.key\"\nclient_ca = \"{p}/ca.pem\"\npolicy = \"{p}/perimeter.toml\"\n",
+            p = d.display()
+        ),
+    )
+    .unwrap();
+    let log = d.join("gateway.log");
+    let _gateway = Proc(
+        Command::new(kagi_bin())
+            .args([
+                "gateway",
+                "--config",
+                d.join("gateway.toml").to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("listening")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let via = |addr: &str| {
+        Command::new(kagi_bin())
+            .args(["datakey", "generate", "k1"])
+            .env("KAGI_ADDR", format!("http://{addr}"))
+            .env("KAGI_TOKEN", &s.token)
+            .output()
+            .unwrap()
+    };
+
+    // Alice reaches the key service through the tunnel.
+    let (_alice, alice_addr, _) = connect(d, &gw, "alice", "kms");
+    let o = via(&alice_addr);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Eve has a valid certificate but no identity in the policy; nothing else is reachable.
+    let (_eve, eve_addr, eve_err) = connect(d, &gw, "eve", "kms");
+    assert!(!via(&eve_addr).status.success());
+    let (_ssh, ssh_addr, ssh_err) = connect(d, &gw, "alice", "ssh");
+    assert!(!via(&ssh_addr).status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::fs::read_to_string(&eve_err)
+        .unwrap()
+        .contains("eve is not an enrolled identity"));
+    assert!(std::fs::read_to_string(&ssh_err)
+        .unwrap()
+        .contains("there is no service ssh"));
+
+    // A live tunnel, then the policy drops Alice: new tunnels are refused within 2 s and the
+    // live one is closed within 5 s.
+    let mut live = std::net::TcpStream::connect(&alice_addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(d.join("perimeter.toml"), policy(&kms, false)).unwrap();
+    let changed = Instant::now();
+    while via(&alice_addr).status.success() {
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "policy change not applied in 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    live.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = live.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0)) || n.is_err() && changed.elapsed() < Duration::from_secs(6),
+        "live tunnel not closed: {n:?}"
+    );
+    assert!(
+        changed.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        changed.elapsed()
+    );
+    let l = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        l.contains("verdict=\"closed\"") || l.contains("verdict=closed"),
+        "{l}"
+    );
+    assert!(l.contains("rule=Some(\"rule:alice-kms\")"), "{l}");
+}
