@@ -28,8 +28,11 @@ pub enum AuditCmd {
     /// Check the hash chain and the signed checkpoints; name the first bad record.
     Verify {
         /// Verify an exported JSON-lines file instead of the server's store.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "db")]
         file: Option<std::path::PathBuf>,
+        /// Verify a local SQLite audit store (a gateway's), with its signed checkpoints.
+        #[arg(long)]
+        db: Option<std::path::PathBuf>,
         #[command(flatten)]
         out: Out,
     },
@@ -101,8 +104,44 @@ pub async fn run(conn: &Conn, cmd: AuditCmd) -> Result<(), Fail> {
             w.flush()?;
         }
         AuditCmd::Verify {
+            db: Some(path),
+            out,
+            ..
+        } => {
+            if !path.exists() {
+                return Err(Fail(format!("{} does not exist", path.display())));
+            }
+            let store = kagi_store::sqlite::SqliteAuditStore::open(&path)
+                .map_err(|e| Fail(format!("cannot open {}: {e}", path.display())))?;
+            use kagi_store::AuditStore;
+            let cps = store.checkpoints().map_err(|e| Fail(e.to_string()))?;
+            let mut lines = Vec::new();
+            let mut from = 1;
+            loop {
+                let page = store.read(from, 10_000).map_err(|e| Fail(e.to_string()))?;
+                let Some(last) = page.last().map(|(s, _)| *s) else {
+                    break;
+                };
+                lines.extend(page.into_iter().map(|(s, l)| (Some(s), l)));
+                from = last + 1;
+            }
+            let r = kagi_audit::verify(lines, &cps).map_err(|e| Fail(e.to_string()))?;
+            out.print(
+                &json!({"ok": true, "records": r.records, "last_seq": r.last_seq, "checkpoints": cps.len()}),
+                |v| {
+                    format!(
+                        "audit log verified: {} records, chain intact up to record {}, {} signed checkpoints",
+                        s(&v["records"]),
+                        s(&v["last_seq"]),
+                        s(&v["checkpoints"])
+                    )
+                },
+            );
+        }
+        AuditCmd::Verify {
             file: Some(path),
             out,
+            ..
         } => {
             let f = std::fs::File::open(&path)
                 .map_err(|e| Fail(format!("cannot read {}: {e}", path.display())))?;
@@ -125,7 +164,11 @@ pub async fn run(conn: &Conn, cmd: AuditCmd) -> Result<(), Fail> {
                 }
             }
         }
-        AuditCmd::Verify { file: None, out } => {
+        AuditCmd::Verify {
+            file: None,
+            db: None,
+            out,
+        } => {
             let v: Value = conn.client()?.get("/v1/audit/verify").await?;
             if v["ok"].as_bool() == Some(true) {
                 out.print(&v, |v| {

@@ -37,6 +37,10 @@ struct GatewayConfig {
     client_ca: PathBuf,
     /// Perimeter policy file (docs/perimeter-policy.md), re-read when it changes.
     policy: PathBuf,
+    /// SQLite audit chain of this gateway's decisions (`kagi audit verify --db FILE`).
+    audit: PathBuf,
+    /// Node name in audit records (default: the host name).
+    node: Option<String>,
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +57,45 @@ struct Live {
 struct State {
     policy: RwLock<Arc<PerimeterPolicy>>,
     live: Mutex<HashMap<u64, Live>>,
+    audit: kagi_audit::AuditLog,
+    node: String,
+}
+
+/// One perimeter event for the audit chain, in the key operations' record format.
+struct Event<'a> {
+    operation: &'static str,
+    identity: &'a str,
+    peer: Option<SocketAddr>,
+    service: &'a str,
+    outcome: kagi_audit::Outcome,
+    reason: String,
+    extra: &'a [(&'a str, String)],
+}
+
+impl State {
+    async fn record(&self, e: Event<'_>) -> Result<u64, kagi_audit::AuditError> {
+        let mut context = std::collections::BTreeMap::new();
+        context.insert("service".to_string(), e.service.to_string());
+        for (k, v) in e.extra {
+            context.insert(k.to_string(), v.clone());
+        }
+        self.audit
+            .record(kagi_audit::AuditEvent {
+                time: kagi_audit::AuditEvent::now_string(),
+                node: self.node.clone(),
+                principal: format!("cert:{}", e.identity),
+                source: e.peer.map(|p| p.ip().to_string()),
+                operation: e.operation.to_string(),
+                key: None,
+                key_version: None,
+                context,
+                justification: None,
+                request_id: hex::encode(kagi_crypto::random_array::<12>()),
+                outcome: e.outcome,
+                reason: Some(e.reason),
+            })
+            .await
+    }
 }
 
 fn load_policy(path: &std::path::Path) -> Result<PerimeterPolicy, String> {
@@ -84,10 +127,26 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Fail(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let store: Arc<dyn kagi_store::AuditStore> = Arc::new(
+        kagi_store::sqlite::SqliteAuditStore::open(&cfg.audit).map_err(|e| {
+            Fail(format!(
+                "cannot open the audit store {}: {e}",
+                cfg.audit.display()
+            ))
+        })?,
+    );
+    let audit = kagi_audit::AuditLog::start(store)
+        .map_err(|e| Fail(format!("cannot start the audit log: {e}")))?;
     let state = Arc::new(State {
         policy: RwLock::new(Arc::new(policy)),
         live: Mutex::new(HashMap::new()),
+        audit,
+        node: cfg
+            .node
+            .clone()
+            .unwrap_or_else(crate::server_cmd::host_name),
     });
+
     tokio::spawn(watch(state.clone(), cfg.policy.clone()));
     tracing::info!(listen = %cfg.listen, "kagi gateway listening");
     let shutdown = crate::server_cmd::shutdown_signal();
@@ -145,20 +204,38 @@ async fn watch(state: Arc<State>, path: PathBuf) {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let now = jiff::Timestamp::now();
-        let mut live = state.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.retain(|_, l| {
-            let d = policy.decide(&Request {
-                identity: &l.identity,
-                service: &l.service,
-                now,
-                posture: &l.posture,
+        let mut closed = Vec::new();
+        state
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, l| {
+                let d = policy.decide(&Request {
+                    identity: &l.identity,
+                    service: &l.service,
+                    now,
+                    posture: &l.posture,
+                });
+                if !d.allowed {
+                    l.abort.abort();
+                    closed.push((l.identity.clone(), l.service.clone(), d.reason));
+                }
+                d.allowed
             });
-            if !d.allowed {
-                tracing::info!(identity = %l.identity, service = %l.service, verdict = "closed", reason = %d.reason, "gateway decision");
-                l.abort.abort();
-            }
-            d.allowed
-        });
+        for (identity, service, reason) in closed {
+            tracing::info!(%identity, %service, verdict = "closed", %reason, "gateway decision");
+            let _ = state
+                .record(Event {
+                    operation: "perimeter.revoke",
+                    identity: &identity,
+                    peer: None,
+                    service: &service,
+                    outcome: kagi_audit::Outcome::Denied,
+                    reason: format!("live tunnel closed: {reason}"),
+                    extra: &[],
+                })
+                .await;
+        }
     }
 }
 
@@ -211,9 +288,31 @@ async fn tunnel(
         now: jiff::Timestamp::now(),
         posture: &posture,
     });
-    if !d.allowed {
-        let _ = stream.write_all(answer(Err(&d.reason)).as_bytes()).await;
-        tracing::info!(%peer, %identity, service = %req.service, verdict = "deny", rule = ?d.rule, reason = %d.reason, "gateway decision");
+    let rule = d.rule.clone().unwrap_or_else(|| "default".into());
+    let recorded = state
+        .record(Event {
+            operation: "perimeter.connect",
+            identity: &identity,
+            peer: Some(peer),
+            service: &req.service,
+            outcome: if d.allowed {
+                kagi_audit::Outcome::Success
+            } else {
+                kagi_audit::Outcome::Denied
+            },
+            reason: d.reason.clone(),
+            extra: &[("rule", rule)],
+        })
+        .await;
+    if !d.allowed || recorded.is_err() {
+        // Fail closed: no tunnel without its audit record.
+        let reason = if d.allowed {
+            "the audit log cannot record this connection".to_string()
+        } else {
+            d.reason.clone()
+        };
+        let _ = stream.write_all(answer(Err(&reason)).as_bytes()).await;
+        tracing::info!(%peer, %identity, service = %req.service, verdict = "deny", rule = ?d.rule, %reason, "gateway decision");
         return Ok(());
     }
     // Egress: only the address the policy names for this service.
@@ -254,6 +353,22 @@ async fn tunnel(
         Ok(Ok(b)) => b,
         _ => (0, 0),
     };
-    tracing::info!(%peer, %identity, service = %req.service, bytes_up = up, bytes_down = down, duration_ms = started.elapsed().as_millis() as u64, "tunnel closed");
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(%peer, %identity, service = %req.service, bytes_up = up, bytes_down = down, duration_ms = ms, "tunnel closed");
+    let _ = state
+        .record(Event {
+            operation: "perimeter.close",
+            identity: &identity,
+            peer: Some(peer),
+            service: &req.service,
+            outcome: kagi_audit::Outcome::Success,
+            reason: "tunnel closed".into(),
+            extra: &[
+                ("bytes_up", up.to_string()),
+                ("bytes_down", down.to_string()),
+                ("duration_ms", ms.to_string()),
+            ],
+        })
+        .await;
     Ok(())
 }

@@ -41,7 +41,7 @@ pub struct ServerArgs {
     node: Option<String>,
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .ok()

@@ -92,7 +92,7 @@ fn gateway_enforces_identity_policy_egress_and_revocation() {
     std::fs::write(
         d.join("gateway.toml"),
         format!(
-            "listen = \"{gw}\"\ncert = \"{p}/gw.pem\"\nkey = \"{p}/gw.key\"\nclient_ca = \"{p}/ca.pem\"\npolicy = \"{p}/perimeter.toml\"\n",
+            "listen = \"{gw}\"\ncert = \"{p}/gw.pem\"\nkey = \"{p}/gw.key\"\nclient_ca = \"{p}/ca.pem\"\npolicy = \"{p}/perimeter.toml\"\naudit = \"{p}/gateway-audit.db\"\nnode = \"gw1\"\n",
             p = d.display()
         ),
     )
@@ -179,4 +179,43 @@ fn gateway_enforces_identity_policy_egress_and_revocation() {
         "{l}"
     );
     assert!(l.contains("rule=Some(\"rule:alice-kms\")"), "{l}");
+
+    // Every decision is on the gateway's own audit chain, in the key service's format.
+    let o = Command::new(kagi_bin())
+        .args([
+            "audit",
+            "verify",
+            "--db",
+            d.join("gateway-audit.db").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("verified"),
+        "{o:?}"
+    );
+    let db = rusqlite::Connection::open(d.join("gateway-audit.db")).unwrap();
+    let records: Vec<serde_json::Value> = db
+        .prepare("SELECT record FROM audit_records ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| serde_json::from_str(&r.unwrap()).unwrap())
+        .collect();
+    let find = |op: &str, who: &str, outcome: &str| {
+        records.iter().any(|r| {
+            r["operation"] == op
+                && r["principal"] == format!("cert:{who}")
+                && r["outcome"] == outcome
+        })
+    };
+    assert!(find("perimeter.connect", "alice", "success"));
+    assert!(find("perimeter.connect", "eve", "denied"));
+    assert!(find("perimeter.revoke", "alice", "denied"));
+    assert!(records.iter().any(|r| r["operation"] == "perimeter.connect"
+        && r["context"]["rule"] == "rule:alice-kms"
+        && r["node"] == "gw1"));
+    assert!(records
+        .iter()
+        .any(|r| r["operation"] == "perimeter.close" && r["context"]["bytes_up"].is_string()));
 }
