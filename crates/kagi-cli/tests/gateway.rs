@@ -20,34 +20,6 @@ impl Drop for Proc {
     }
 }
 
-fn certs(d: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kagi perimeter test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-    let gw_key = KeyPair::generate().unwrap();
-    let gw = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&gw_key, &issuer)
-        .unwrap();
-    std::fs::write(d.join("gw.pem"), gw.pem()).unwrap();
-    std::fs::write(d.join("gw.key"), gw_key.serialize_pem()).unwrap();
-    for who in ["alice", "eve"] {
-        let k = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, who);
-        let c = p.signed_by(&k, &issuer).unwrap();
-        std::fs::write(d.join(format!("{who}.pem")), c.pem()).unwrap();
-        std::fs::write(d.join(format!("{who}.key")), k.serialize_pem()).unwrap();
-    }
-}
-
 fn policy(kms: &str, allow_alice: bool) -> String {
     let rule = if allow_alice {
         "[[rule]]\nname = \"alice-kms\"\neffect = \"allow\"\nfrom = [\"alice\"]\nto = [\"kms\"]\n"
@@ -83,7 +55,7 @@ fn connect(d: &Path, gw: &str, who: &str, service: &str) -> (Proc, String, std::
 fn gateway_enforces_identity_policy_egress_and_revocation() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    certs(d);
+    support::perimeter_certs(d, "127.0.0.1", &["alice", "eve"]);
     let s = Server::dev(&d.join("data"), &[]);
     s.ok(&["key", "create", "k1"]);
     let kms = s.addr.trim_start_matches("http://").to_string();

@@ -774,3 +774,191 @@ fn native_knock_opens_only_its_five_tuple() {
         "{l}"
     );
 }
+
+/// The perimeter end to end on two hosts (network namespaces): the key service listens only on
+/// the gateway host's loopback; the gateway's TLS port is dropped until a native SPA knock;
+/// then `kagi connect` carries `kagi datakey generate` from the client host.
+#[test]
+fn key_service_behind_spa_and_gateway_reached_with_kagi_connect() {
+    let test = "key_service_behind_spa_and_gateway_reached_with_kagi_connect";
+    if skip_unless_ready(test, &["nft", "python3"]) {
+        return;
+    }
+    let net = Net::new("f", 16);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gw_ip = net.ip(1);
+    let cli_ip = net.ip(2);
+    support::perimeter_certs(d, &gw_ip, &["alice"]);
+
+    // The key service, on the gateway host's loopback only.
+    let mut ks = net
+        .exec(
+            &net.srv,
+            &[
+                kagi_bin(),
+                "server",
+                "--dev",
+                "--listen",
+                "127.0.0.1:7300",
+                "--data-dir",
+                d.join("kms").to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut token = String::new();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(ks.stdout.take().unwrap()).lines();
+        while token.is_empty() {
+            let l = lines.next().unwrap().unwrap();
+            if let Some(t) = l.strip_prefix("export KAGI_TOKEN=") {
+                token = t.to_string();
+            }
+        }
+    }
+    let _ks = Proc(ks);
+    let st = net
+        .exec(&net.srv, &[kagi_bin(), "key", "create", "k1"])
+        .env("KAGI_ADDR", "http://127.0.0.1:7300")
+        .env("KAGI_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    // SPA in front of the gateway's port 8443.
+    let (gw_private, gw_public) = native_keys();
+    let (alice_private, alice_public) = native_keys();
+    std::fs::write(d.join("gateway.key"), &gw_private).unwrap();
+    std::fs::write(d.join("alice.spa"), &alice_private).unwrap();
+    std::fs::write(
+        d.join("spad.toml"),
+        format!(
+            "replay_cache = \"{}\"\n[native]\nkey_file = \"{}\"\ntimeout = 30\n[native.services]\ngateway = [\"tcp/8443\"]\n[[native.client]]\nname = \"alice\"\npublic_key = \"{alice_public}\"\nservices = [\"gateway\"]\n",
+            d.join("replay").display(),
+            d.join("gateway.key").display()
+        ),
+    )
+    .unwrap();
+    let _spad = start_spad_with(&net, d, "spad.log", &[]);
+
+    // The gateway: alice may reach kms, which is 127.0.0.1:7300 on its host.
+    std::fs::write(
+        d.join("perimeter.toml"),
+        "[[identity]]\nname = \"alice\"\nkind = \"user\"\n[[service]]\nname = \"kms\"\naddress = \"127.0.0.1:7300\"\n[[rule]]\nname = \"alice-kms\"\neffect = \"allow\"\nfrom = [\"alice\"]\nto = [\"kms\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("gateway.toml"),
+        format!(
+            "listen = \"{gw_ip}:8443\"\ncert = \"{p}/gw.pem\"\nkey = \"{p}/gw.key\"\nclient_ca = \"{p}/ca.pem\"\npolicy = \"{p}/perimeter.toml\"\naudit = \"{p}/gateway-audit.db\"\n",
+            p = d.display()
+        ),
+    )
+    .unwrap();
+    let glog = d.join("gateway.log");
+    let _gw = Proc(
+        net.exec(
+            &net.srv,
+            &[
+                kagi_bin(),
+                "gateway",
+                "--config",
+                d.join("gateway.toml").to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&glog).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&glog)
+            .unwrap_or_default()
+            .contains("listening")
+    }));
+
+    // Before SPA: neither the gateway nor the key service is reachable from the client.
+    assert!(
+        !net.tcp_open(&cli_ip, &gw_ip, 8443),
+        "gateway port open before SPA"
+    );
+    assert!(
+        !net.tcp_open(&cli_ip, &gw_ip, 7300),
+        "key service reachable directly"
+    );
+
+    let knock = net
+        .exec(
+            &net.cli,
+            &[
+                kagi_bin(),
+                "spa",
+                "knock-native",
+                "--server",
+                &gw_ip,
+                "--key-file",
+                d.join("alice.spa").to_str().unwrap(),
+                "--gateway-key",
+                &gw_public,
+                "--service",
+                "gateway",
+            ],
+        )
+        .status()
+        .unwrap();
+    assert!(knock.success());
+    assert!(wait_until(Duration::from_secs(5), || net
+        .tcp_open(&cli_ip, &gw_ip, 8443)));
+
+    // kagi connect on the client host, then a key operation through it.
+    let mut c = net
+        .exec(
+            &net.cli,
+            &[
+                kagi_bin(),
+                "connect",
+                "kms",
+                "--gateway",
+                &format!("{gw_ip}:8443"),
+                "--cert",
+                d.join("alice.pem").to_str().unwrap(),
+                "--key",
+                d.join("alice.key").to_str().unwrap(),
+                "--gateway-ca",
+                d.join("ca.pem").to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        std::io::BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+    }
+    let _connect = Proc(c);
+    let local = line.trim().rsplit(' ').next().unwrap().to_string();
+    let o = net
+        .exec(
+            &net.cli,
+            &[kagi_bin(), "datakey", "generate", "k1", "-o", "json"],
+        )
+        .env("KAGI_ADDR", format!("http://{local}"))
+        .env("KAGI_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["key"], "k1");
+}

@@ -351,3 +351,33 @@ impl Server {
 pub fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
+
+/// A test CA (`ca.pem`), a gateway certificate for `gateway_san` (`gw.pem`, `gw.key`) and a
+/// client certificate per name (`NAME.pem`, `NAME.key`, subject CN = NAME) in `d`.
+pub fn perimeter_certs(d: &Path, gateway_san: &str, clients: &[&str]) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kagi perimeter test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+    let gw_key = KeyPair::generate().unwrap();
+    let gw = CertificateParams::new(vec![gateway_san.to_string()])
+        .unwrap()
+        .signed_by(&gw_key, &issuer)
+        .unwrap();
+    std::fs::write(d.join("gw.pem"), gw.pem()).unwrap();
+    std::fs::write(d.join("gw.key"), gw_key.serialize_pem()).unwrap();
+    for who in clients {
+        let k = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, *who);
+        let c = p.signed_by(&k, &issuer).unwrap();
+        std::fs::write(d.join(format!("{who}.pem")), c.pem()).unwrap();
+        std::fs::write(d.join(format!("{who}.key")), k.serialize_pem()).unwrap();
+    }
+}
