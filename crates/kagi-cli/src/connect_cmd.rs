@@ -43,12 +43,11 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
     };
     // Validate locally: one clear error instead of a refusal from the gateway.
     ConnectRequest::parse(&request.encode()).map_err(|e| Fail(e.to_string()))?;
-    let tls = kagi_client::tls_config(&kagi_client::ClientConfig {
+    let mut tls = kagi_client::tls_config(&kagi_client::ClientConfig {
         ca_cert: Some(a.gateway_ca.clone()),
         client_cert: Some((a.cert.clone(), a.key.clone())),
         ..Default::default()
     })?;
-    let mut tls = tls;
     tls.alpn_protocols = vec![b"kagi-connect/1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let host = a

@@ -314,10 +314,8 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
                     break;
                 }
             };
-            let src = match peer.ip() {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                v4 => v4,
-            };
+            // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+            let src = peer.ip().to_canonical();
             let packet = &buf[..n];
             let outcome = match &native {
                 Some(gw) if packet.starts_with(kagi_spa::native::MAGIC) => {

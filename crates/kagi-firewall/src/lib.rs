@@ -168,12 +168,9 @@ pub fn grant_script(table: &str, grants: &[Access]) -> String {
 pub fn grant_script_with(table: &str, grants: &[Access], refresh_by_add: bool) -> String {
     let mut s = String::new();
     for g in grants {
-        let (v4, a) = match g.addr {
+        let (v4, a) = match g.addr.to_canonical() {
             IpAddr::V4(v4) => (true, v4.to_string()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => (true, v4.to_string()),
-                None => (false, v6.to_string()),
-            },
+            IpAddr::V6(v6) => (false, v6.to_string()),
         };
         let (set, el) = match g.src_port {
             None => (

@@ -174,11 +174,7 @@ impl Knock {
         if now.abs_diff(self.timestamp) > max_age {
             return Err(NativeError::Stale);
         }
-        let src = match from {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        if src != self.addr {
+        if from.to_canonical() != self.addr {
             return Err(NativeError::AddressMismatch);
         }
         Ok(())
