@@ -1,6 +1,10 @@
 //! `kagi connect SERVICE`: a local TCP port that reaches SERVICE through a perimeter gateway —
 //! mutual TLS with this client's certificate, one request line, then the service's bytes.
-//! (Knock first with `kagi spa knock-native` when the gateway hides behind SPA.)
+//!
+//! With an identity from `kagi enroll` (the default), the gateway, certificates and SPA keys
+//! come from the identity directory, and every connection is preceded by a native SPA knock
+//! (at most one per 10 s: a knock opens the gateway for new connections for 30 s). With
+//! `--gateway --cert --key --gateway-ca`, knock yourself (`kagi spa knock-native`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +13,52 @@ use std::sync::Arc;
 use kagi_sdp::tunnel::{parse_answer, ConnectRequest};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use crate::control_client as cc;
 use crate::output::Fail;
+
+/// Knocks on the gateway before a connection unless a recent knock still holds the door.
+struct Knocker {
+    id: cc::IdentityDir,
+    gateway: kagi_sdp::control::GatewayInfo,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Re-knock after this long (a knock opens new connections for 30 s by default).
+const REKNOCK: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Knocker {
+    fn new(id: cc::IdentityDir, gateway: kagi_sdp::control::GatewayInfo) -> Self {
+        Self {
+            id,
+            gateway,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn knock(&self) -> Result<(), Fail> {
+        if self.gateway.spa_public_key.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REKNOCK) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        crate::spa_cmd::send_native_knock(
+            &self.id.spa,
+            &self.gateway.spa_public_key,
+            &cc::host_of(&self.gateway.address)?,
+            self.gateway.spa_port,
+            vec![kagi_sdp::control::SPA_GATEWAY.to_string()],
+            0,
+        )?;
+        // Let the gateway's firewall open before the SYN (else the kernel retries in 1 s).
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        Ok(())
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct ConnectArgs {
@@ -18,18 +67,21 @@ pub struct ConnectArgs {
     /// Local address to listen on (port 0 = any; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The gateway, HOST:PORT.
-    #[arg(long, env = "KAGI_GATEWAY")]
-    gateway: String,
+    /// The gateway, HOST:PORT (default: from the identity directory).
+    #[arg(long, env = "KAGI_GATEWAY", requires_all = ["cert", "key", "gateway_ca"])]
+    gateway: Option<String>,
     /// This client's certificate (PEM).
     #[arg(long, env = "KAGI_CLIENT_CERT")]
-    cert: PathBuf,
+    cert: Option<PathBuf>,
     /// This client's private key (PEM).
     #[arg(long, env = "KAGI_CLIENT_KEY")]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// CA that signed the gateway's certificate (PEM).
     #[arg(long = "gateway-ca", env = "KAGI_GATEWAY_CA")]
-    gateway_ca: PathBuf,
+    gateway_ca: Option<PathBuf>,
+    /// The identity from `kagi enroll` (env KAGI_IDENTITY_DIR; default ~/.config/kagi/identity).
+    #[arg(long, env = "KAGI_IDENTITY_DIR")]
+    dir: Option<PathBuf>,
     /// Device posture claim to report: os=, os_version=, disk_encryption=, agent_version=.
     #[arg(long = "posture", value_name = "K=V")]
     posture: Vec<String>,
@@ -43,23 +95,38 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
     };
     // Validate locally: one clear error instead of a refusal from the gateway.
     ConnectRequest::parse(&request.encode()).map_err(|e| Fail(e.to_string()))?;
-    let mut tls = kagi_client::tls_config(&kagi_client::ClientConfig {
-        ca_cert: Some(a.gateway_ca.clone()),
-        client_cert: Some((a.cert.clone(), a.key.clone())),
-        ..Default::default()
-    })?;
-    tls.alpn_protocols = vec![b"kagi-connect/1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let host = a
-        .gateway
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
-        .ok_or_else(|| Fail(format!("--gateway {:?} is not HOST:PORT", a.gateway)))?;
-    let server_name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
-        Fail(format!(
-            "--gateway host {host:?} is not a valid name or address"
-        ))
-    })?;
+    let (tls, gateway, knock) = match (&a.gateway, &a.cert, &a.key, &a.gateway_ca) {
+        (Some(g), Some(cert), Some(key), Some(ca)) => {
+            let mut tls = kagi_client::tls_config(&kagi_client::ClientConfig {
+                ca_cert: Some(ca.clone()),
+                client_cert: Some((cert.clone(), key.clone())),
+                ..Default::default()
+            })?;
+            tls.alpn_protocols = vec![b"kagi-connect/1".to_vec()];
+            (Arc::new(tls), g.clone(), None)
+        }
+        _ => {
+            let dir = a.dir.clone().unwrap_or_else(cc::default_identity_dir);
+            let id = cc::IdentityDir::load(&dir)?;
+            let gws = &id.profile.gateways;
+            let g = gws
+                .iter()
+                .find(|g| g.services.iter().any(|s| s == &a.service))
+                .or(if gws.len() == 1 { gws.first() } else { None })
+                .ok_or_else(|| {
+                    Fail(format!(
+                        "no gateway in {} fronts {} (run kagi enroll again if it is new)",
+                        dir.display(),
+                        a.service
+                    ))
+                })?
+                .clone();
+            let tls = id.tls(b"kagi-connect/1")?;
+            (tls, g.address.clone(), Some(Arc::new(Knocker::new(id, g))))
+        }
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let server_name = cc::server_name(&gateway)?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|e| Fail(format!("cannot listen on {}: {e}", a.listen)))?;
@@ -67,7 +134,7 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
     use std::io::Write;
     std::io::stdout().flush()?;
     let line = Arc::new(request.encode());
-    let gateway = Arc::new(a.gateway);
+    let gateway = Arc::new(gateway);
     let shutdown = crate::server_cmd::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -75,13 +142,19 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
             _ = &mut shutdown => return Ok(()),
             r = listener.accept() => r?,
         };
-        let (connector, name, line, gateway) = (
+        let (connector, name, line, gateway, knock) = (
             connector.clone(),
             server_name.clone(),
             line.clone(),
             gateway.clone(),
+            knock.clone(),
         );
         tokio::spawn(async move {
+            if let Some(k) = knock {
+                if let Err(e) = k.knock().await {
+                    eprintln!("kagi connect: {}", e.0);
+                }
+            }
             if let Err(e) = forward(local, &gateway, connector, name, &line).await {
                 eprintln!("kagi connect: {e}");
             }

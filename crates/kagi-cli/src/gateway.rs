@@ -2,25 +2,35 @@
 //! subject is the identity), one request line naming a service, the perimeter policy's
 //! decision, then a TCP splice to the one address the policy names for that service — the
 //! gateway connects nowhere else. Live tunnels are re-decided every second and whenever the
-//! policy file changes, so a revoked identity loses its connections within seconds. Put
-//! `kagi spad` with a `[native]` section in front to hide the TLS port behind SPA.
+//! policy changes, so a revoked identity loses its connections within seconds.
+//!
+//! Two ways to get the policy: a file (`policy = ...`, re-read when it changes), or a
+//! controller (`controller = ...` with the identity `kagi enroll` gave this gateway): then the
+//! gateway long-polls the controller for the perimeter state, refuses certificates that are
+//! not an identity's current one or belong to a revoked identity, hides its TLS port behind
+//! native SPA for enrolled clients (`[spa]`), and when the controller is unreachable keeps
+//! enforcing the last state it got for `grace`, then fails closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use kagi_sdp::policy::{PerimeterPolicy, Posture, Request};
+use kagi_sdp::control::{hex_bytes, ControlAnswer, ControlRequest, SyncState, SPA_GATEWAY};
+use kagi_sdp::policy::{Decision, PerimeterPolicy, Posture, Request};
 use kagi_sdp::tunnel::{answer, ConnectRequest, MAX_LINE};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use crate::control_client::{self as cc, IdentityDir};
 use crate::output::Fail;
+use crate::perimeter_audit::{Event, Recorder};
 
 #[derive(clap::Args, Debug)]
 pub struct GatewayArgs {
-    /// Gateway settings (TOML): listen, cert, key, client_ca, policy.
+    /// Gateway settings (TOML): listen, audit, and either cert/key/client_ca/policy files or
+    /// controller/identity_dir (docs/perimeter-controller.md).
     #[arg(long)]
     config: PathBuf,
 }
@@ -30,13 +40,22 @@ pub struct GatewayArgs {
 struct GatewayConfig {
     /// TLS address to listen on.
     listen: SocketAddr,
-    /// PEM certificate chain and key of the gateway.
-    cert: PathBuf,
-    key: PathBuf,
-    /// PEM CA that signs client certificates.
-    client_ca: PathBuf,
-    /// Perimeter policy file (docs/perimeter-policy.md), re-read when it changes.
-    policy: PathBuf,
+    /// PEM certificate chain and key of the gateway (file mode).
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    /// PEM CA that signs client certificates (file mode).
+    client_ca: Option<PathBuf>,
+    /// Perimeter policy file (docs/perimeter-policy.md), re-read when it changes (file mode).
+    policy: Option<PathBuf>,
+    /// The controller's TLS address (controller mode).
+    controller: Option<String>,
+    /// This gateway's identity from `kagi enroll` (controller mode).
+    identity_dir: Option<PathBuf>,
+    /// How long to keep enforcing the last state while the controller is unreachable
+    /// (default 5m); after that every tunnel is refused and closed.
+    grace: Option<String>,
+    /// Native SPA in front of the TLS port for enrolled clients (controller mode).
+    spa: Option<crate::spad::EmbeddedSpaConfig>,
     /// SQLite audit chain of this gateway's decisions (`kagi audit verify --db FILE`).
     audit: PathBuf,
     /// Node name in audit records (default: the host name).
@@ -45,56 +64,113 @@ struct GatewayConfig {
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a sync request may take (the controller holds it up to 10 s).
+const SYNC_LIMIT: Duration = Duration::from_secs(20);
 
 /// A tunnel in use, re-decided while it lives.
 struct Live {
-    identity: String,
+    who: Who,
     service: String,
     posture: Posture,
     abort: tokio::task::AbortHandle,
 }
 
-struct State {
-    policy: RwLock<Arc<PerimeterPolicy>>,
-    live: Mutex<HashMap<u64, Live>>,
-    audit: kagi_audit::AuditLog,
-    node: String,
+/// A client, from its certificate.
+#[derive(Clone)]
+struct Who {
+    identity: String,
+    serial: String,
 }
 
-/// One perimeter event for the audit chain, in the key operations' record format.
-struct Event<'a> {
-    operation: &'static str,
-    identity: &'a str,
-    peer: Option<SocketAddr>,
-    service: &'a str,
-    outcome: kagi_audit::Outcome,
-    reason: String,
-    extra: &'a [(&'a str, String)],
+/// What the gateway enforces.
+struct Perimeter {
+    policy: PerimeterPolicy,
+    /// Controller mode: each enrolled identity's current certificate serial.
+    serials: Option<HashMap<String, String>>,
+    revoked: HashSet<String>,
+}
+
+/// The controller link's health (controller mode).
+struct Link {
+    grace: Duration,
+    /// Since when the controller has been unreachable.
+    down_since: Mutex<Option<Instant>>,
+}
+
+struct State {
+    /// None until the first sync (controller mode): everything is refused.
+    perimeter: RwLock<Option<Arc<Perimeter>>>,
+    link: Option<Link>,
+    live: Mutex<HashMap<u64, Live>>,
+    audit: Recorder,
+}
+
+fn deny(rule: &str, reason: String) -> Decision {
+    Decision {
+        allowed: false,
+        rule: Some(rule.to_string()),
+        reason,
+    }
 }
 
 impl State {
-    async fn record(&self, e: Event<'_>) -> Result<u64, kagi_audit::AuditError> {
-        let mut context = std::collections::BTreeMap::new();
-        context.insert("service".to_string(), e.service.to_string());
-        for (k, v) in e.extra {
-            context.insert(k.to_string(), v.clone());
+    fn perimeter(&self) -> Option<Arc<Perimeter>> {
+        self.perimeter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The policy's decision, after the checks only a controller's state can make.
+    fn decide(&self, who: &Who, service: &str, posture: &Posture) -> Decision {
+        if let Some(link) = &self.link {
+            let down = *link.down_since.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = down.filter(|t| t.elapsed() > link.grace) {
+                return deny(
+                    "grace",
+                    format!(
+                        "the controller has been unreachable for {} s, longer than the {} s grace period",
+                        t.elapsed().as_secs(),
+                        link.grace.as_secs()
+                    ),
+                );
+            }
         }
-        self.audit
-            .record(kagi_audit::AuditEvent {
-                time: kagi_audit::AuditEvent::now_string(),
-                node: self.node.clone(),
-                principal: format!("cert:{}", e.identity),
-                source: e.peer.map(|p| p.ip().to_string()),
-                operation: e.operation.to_string(),
-                key: None,
-                key_version: None,
-                context,
-                justification: None,
-                request_id: hex::encode(kagi_crypto::random_array::<12>()),
-                outcome: e.outcome,
-                reason: Some(e.reason),
-            })
-            .await
+        let Some(p) = self.perimeter() else {
+            return Decision {
+                allowed: false,
+                rule: None,
+                reason: "the gateway has no perimeter state from its controller yet".into(),
+            };
+        };
+        if p.revoked.contains(&who.identity) {
+            return deny("revoked", format!("{} is revoked", who.identity));
+        }
+        if let Some(serials) = &p.serials {
+            match serials.get(&who.identity) {
+                None => return deny("enrollment", format!("{} is not enrolled", who.identity)),
+                Some(s) if !kagi_crypto::ct_eq(s.as_bytes(), who.serial.as_bytes()) => {
+                    return deny(
+                        "certificate",
+                        format!(
+                            "this certificate of {} was replaced by a newer one",
+                            who.identity
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+        p.policy.decide(&Request {
+            identity: &who.identity,
+            service,
+            now: jiff::Timestamp::now(),
+            posture,
+        })
+    }
+
+    fn install(&self, p: Perimeter) {
+        *self.perimeter.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(p));
     }
 }
 
@@ -108,57 +184,122 @@ fn mtime(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// Where the policy comes from.
+enum Source {
+    File(PathBuf),
+    Controller {
+        id: Box<IdentityDir>,
+        spa: Option<Arc<RwLock<kagi_spa::native_decision::NativeGateway>>>,
+    },
+}
+
 pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     crate::output::init_logging();
     let text = std::fs::read_to_string(&a.config)
         .map_err(|e| Fail(format!("cannot read {}: {e}", a.config.display())))?;
     let cfg: GatewayConfig = toml::from_str(&text)
         .map_err(|e| Fail(format!("config {}: {}", a.config.display(), e.message())))?;
-    let policy = load_policy(&cfg.policy).map_err(Fail)?;
-    let acceptor = kagi_server::mtls_acceptor(
-        &kagi_server::config::TlsConfig {
-            cert: cfg.cert.clone(),
-            key: cfg.key.clone(),
-            client_ca: Some(cfg.client_ca.clone()),
-        },
-        &[b"kagi-connect/1"],
-    )
-    .map_err(Fail)?;
+    let bad = |m: &str| Fail(format!("config {}: {m}", a.config.display()));
+    let mut spa_gate = None;
+    let (tls, source, initial, link) = match (&cfg.controller, &cfg.identity_dir) {
+        (Some(_), Some(dir)) => {
+            if cfg.policy.is_some() || cfg.cert.is_some() {
+                return Err(bad(
+                    "with a controller, leave out policy, cert, key and client_ca",
+                ));
+            }
+            let id = IdentityDir::load(dir)?;
+            let grace = kagi_keys::duration::parse_seconds(cfg.grace.as_deref().unwrap_or("5m"))
+                .map_err(|e| bad(&format!("grace: {e}")))?;
+            let spa = match &cfg.spa {
+                Some(s) => {
+                    let key = match &s.key_file {
+                        Some(f) => crate::spad::load_spa_key(f, false)?,
+                        None => kagi_crypto::hpke::HpkeKeyPair::from_private(
+                            id.spa.private_bytes().expose(),
+                        )
+                        .map_err(|e| Fail(e.to_string()))?,
+                    };
+                    let (gate, clients) = s.gate(key, SPA_GATEWAY, cfg.listen.port())?;
+                    spa_gate = Some(gate);
+                    Some(clients)
+                }
+                None => None,
+            };
+            let tls = kagi_server::config::TlsConfig {
+                cert: dir.join("cert.pem"),
+                key: dir.join("key.pem"),
+                client_ca: Some(dir.join("ca.pem")),
+            };
+            let link = Link {
+                grace: Duration::from_secs(grace),
+                down_since: Mutex::new(None),
+            };
+            (
+                tls,
+                Source::Controller {
+                    id: Box::new(id),
+                    spa,
+                },
+                None,
+                Some(link),
+            )
+        }
+        (None, None) => {
+            let (Some(cert), Some(key), Some(ca), Some(policy)) =
+                (&cfg.cert, &cfg.key, &cfg.client_ca, &cfg.policy)
+            else {
+                return Err(bad(
+                    "give cert, key, client_ca and policy, or controller and identity_dir",
+                ));
+            };
+            if cfg.spa.is_some() {
+                return Err(bad("[spa] needs a controller; in file mode run kagi spad"));
+            }
+            let p = Perimeter {
+                policy: load_policy(policy).map_err(Fail)?,
+                serials: None,
+                revoked: HashSet::new(),
+            };
+            let tls = kagi_server::config::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: Some(ca.clone()),
+            };
+            (tls, Source::File(policy.clone()), Some(Arc::new(p)), None)
+        }
+        _ => return Err(bad("controller and identity_dir go together")),
+    };
+    let acceptor = kagi_server::mtls_acceptor(&tls, &[b"kagi-connect/1"]).map_err(Fail)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Fail(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let store: Arc<dyn kagi_store::AuditStore> = Arc::new(
-        kagi_store::sqlite::SqliteAuditStore::open(&cfg.audit).map_err(|e| {
-            Fail(format!(
-                "cannot open the audit store {}: {e}",
-                cfg.audit.display()
-            ))
-        })?,
-    );
-    let audit = kagi_audit::AuditLog::start(store)
-        .map_err(|e| Fail(format!("cannot start the audit log: {e}")))?;
+    let audit = Recorder::open(&cfg.audit, cfg.node.clone())?;
     let state = Arc::new(State {
-        policy: RwLock::new(Arc::new(policy)),
+        perimeter: RwLock::new(initial),
+        link,
         live: Mutex::new(HashMap::new()),
         audit,
-        node: cfg
-            .node
-            .clone()
-            .unwrap_or_else(crate::server_cmd::host_name),
     });
 
-    tokio::spawn(watch(state.clone(), cfg.policy.clone()));
+    tokio::spawn(redecide(state.clone()));
+    match source {
+        Source::File(path) => drop(tokio::spawn(watch_file(state.clone(), path))),
+        Source::Controller { id, spa } => drop(tokio::spawn(sync(state.clone(), *id, spa))),
+    }
+    let spa_task = spa_gate.map(|g| tokio::spawn(crate::spad::serve(g)));
     tracing::info!(listen = %cfg.listen, "kagi gateway listening");
     let shutdown = crate::server_cmd::shutdown_signal();
     tokio::pin!(shutdown);
     let mut next_id = 0u64;
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -177,10 +318,15 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
         });
         drop(task);
     }
+    // The SPA task saw the same signal; wait for it to remove its nftables table.
+    if let Some(t) = spa_task {
+        let _ = t.await;
+    }
+    Ok(())
 }
 
-/// Re-reads the policy when its file changes and re-decides every live tunnel every second.
-async fn watch(state: Arc<State>, path: PathBuf) {
+/// File mode: re-reads the policy when its file changes.
+async fn watch_file(state: Arc<State>, path: PathBuf) {
     let mut seen = mtime(&path);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -189,8 +335,12 @@ async fn watch(state: Arc<State>, path: PathBuf) {
         if now != seen {
             seen = now;
             match load_policy(&path) {
-                Ok(p) => {
-                    *state.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                Ok(policy) => {
+                    state.install(Perimeter {
+                        policy,
+                        serials: None,
+                        revoked: HashSet::new(),
+                    });
                     tracing::info!("perimeter policy reloaded");
                 }
                 Err(e) => {
@@ -198,33 +348,129 @@ async fn watch(state: Arc<State>, path: PathBuf) {
                 }
             }
         }
-        let policy = state
-            .policy
-            .read()
+    }
+}
+
+/// Controller mode: long-polls the controller for the perimeter state; installs each new
+/// state (keeping the last good one if a policy does not parse) and the SPA client keys.
+async fn sync(
+    state: Arc<State>,
+    id: IdentityDir,
+    spa: Option<Arc<RwLock<kagi_spa::native_decision::NativeGateway>>>,
+) {
+    let cfg = match id.tls(kagi_sdp::control::ALPN) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e.0, "cannot use this gateway's identity; failing closed");
+            return;
+        }
+    };
+    let Some(link) = &state.link else { return };
+    let set_down = |down: bool| {
+        let mut d = link.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (down, d.is_some()) {
+            (true, false) => *d = Some(Instant::now()),
+            (false, true) => *d = None,
+            _ => {}
+        }
+    };
+    // Not yet synced counts as unreachable from the start.
+    set_down(true);
+    let mut version = 0u64;
+    loop {
+        if let Err(e) = id.knock_controller() {
+            tracing::warn!(error = %e.0, "cannot knock on the controller");
+        }
+        // Give the controller's firewall a moment to open before the SYN.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // After an outage ask for everything: the answer comes at once (no long poll), so
+        // the link counts as up again without waiting for the next change.
+        let down = link
+            .down_since
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let now = jiff::Timestamp::now();
+            .is_some();
+        let req = ControlRequest::Sync {
+            since: if down { 0 } else { version },
+        };
+        match cc::request(&id.profile.controller, cfg.clone(), &req, SYNC_LIMIT).await {
+            Ok(ControlAnswer::Sync(s)) => {
+                set_down(false);
+                let v = s.version;
+                match perimeter_from(&s) {
+                    Ok(p) => {
+                        if let Some(g) = &spa {
+                            let keys = s.clients.iter().filter_map(|c| {
+                                hex_bytes::<32>("spa key", &c.spa_public_key)
+                                    .ok()
+                                    .map(|k| (c.identity.clone(), k))
+                            });
+                            crate::spad::set_clients(g, SPA_GATEWAY, keys);
+                        }
+                        state.install(p);
+                        tracing::info!(version = v, "perimeter state from the controller");
+                    }
+                    Err(e) => {
+                        tracing::warn!(version = v, error = %e, "controller state refused; keeping the last good one")
+                    }
+                }
+                version = v;
+            }
+            Ok(_) => set_down(false),
+            Err(e) => {
+                set_down(true);
+                tracing::warn!(error = %e.0, "controller unreachable; enforcing the last state within the grace period");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn perimeter_from(s: &SyncState) -> Result<Perimeter, String> {
+    Ok(Perimeter {
+        policy: PerimeterPolicy::parse(&s.policy).map_err(|e| e.to_string())?,
+        serials: Some(
+            s.clients
+                .iter()
+                .map(|c| (c.identity.clone(), c.cert_serial.clone()))
+                .collect(),
+        ),
+        revoked: s.revoked.iter().cloned().collect(),
+    })
+}
+
+/// Re-decides every live tunnel every half second and closes those no longer allowed.
+async fn redecide(state: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
         let mut closed = Vec::new();
-        state
+        let live: Vec<(u64, Who, String, Posture)> = state
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, l| {
-                let d = policy.decide(&Request {
-                    identity: &l.identity,
-                    service: &l.service,
-                    now,
-                    posture: &l.posture,
-                });
-                if !d.allowed {
+            .iter()
+            .map(|(k, l)| (*k, l.who.clone(), l.service.clone(), l.posture.clone()))
+            .collect();
+        for (k, who, service, posture) in live {
+            let d = state.decide(&who, &service, &posture);
+            if !d.allowed {
+                if let Some(l) = state
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&k)
+                {
                     l.abort.abort();
-                    closed.push((l.identity.clone(), l.service.clone(), d.reason));
                 }
-                d.allowed
-            });
-        for (identity, service, reason) in closed {
-            tracing::info!(%identity, %service, verdict = "closed", %reason, "gateway decision");
+                closed.push((who.identity, service, d));
+            }
+        }
+        for (identity, service, d) in closed {
+            let reason = d.reason;
+            tracing::info!(%identity, %service, verdict = "closed", rule = ?d.rule, %reason, "gateway decision");
             let _ = state
+                .audit
                 .record(Event {
                     operation: "perimeter.revoke",
                     identity: &identity,
@@ -232,7 +478,7 @@ async fn watch(state: Arc<State>, path: PathBuf) {
                     service: &service,
                     outcome: kagi_audit::Outcome::Denied,
                     reason: format!("live tunnel closed: {reason}"),
-                    extra: &[],
+                    extra: &[("rule", d.rule.unwrap_or_else(|| "default".into()))],
                 })
                 .await;
         }
@@ -250,13 +496,17 @@ async fn tunnel(
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    let identity = tls
+    let (identity, serial) = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(kagi_server::subject_cn)
+        .and_then(|c| crate::controller::ca::peer_identity(c.as_ref()))
         .ok_or("the client certificate has no subject common name")?;
+    let who = Who {
+        identity: identity.clone(),
+        serial,
+    };
     let mut stream = BufReader::new(tls);
     let mut line = String::new();
     let read = tokio::time::timeout(
@@ -277,19 +527,10 @@ async fn tunnel(
         }
     };
     let posture = req.posture();
-    let policy = state
-        .policy
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let d = policy.decide(&Request {
-        identity: &identity,
-        service: &req.service,
-        now: jiff::Timestamp::now(),
-        posture: &posture,
-    });
+    let d = state.decide(&who, &req.service, &posture);
     let rule = d.rule.clone().unwrap_or_else(|| "default".into());
     let recorded = state
+        .audit
         .record(Event {
             operation: "perimeter.connect",
             identity: &identity,
@@ -316,8 +557,10 @@ async fn tunnel(
         return Ok(());
     }
     // Egress: only the address the policy names for this service.
-    let target = policy
-        .service_address(&req.service)
+    let target = state
+        .perimeter()
+        .as_ref()
+        .and_then(|p| p.policy.service_address(&req.service).map(str::to_string))
         .ok_or("the policy has no address for this service")?
         .to_string();
     let mut upstream =
@@ -343,7 +586,7 @@ async fn tunnel(
     state.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
         id,
         Live {
-            identity: identity.clone(),
+            who,
             service: req.service.clone(),
             posture,
             abort: splice.abort_handle(),
@@ -356,6 +599,7 @@ async fn tunnel(
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(%peer, %identity, service = %req.service, bytes_up = up, bytes_down = down, duration_ms = ms, "tunnel closed");
     let _ = state
+        .audit
         .record(Event {
             operation: "perimeter.close",
             identity: &identity,

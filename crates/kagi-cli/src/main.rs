@@ -5,11 +5,15 @@
 mod admin;
 mod audit_cmd;
 mod connect_cmd;
+mod control_client;
+mod controller;
 mod datakey;
+mod enroll_cmd;
 mod envelope_cmd;
 mod gateway;
 mod keys;
 mod output;
+mod perimeter_audit;
 mod server_cmd;
 mod spa_cmd;
 mod spad;
@@ -102,6 +106,10 @@ enum Cmd {
     Gateway(gateway::GatewayArgs),
     /// Reach a service through a perimeter gateway on a local port.
     Connect(connect_cmd::ConnectArgs),
+    /// Perimeter controller: identities, internal CA, enrollment, policy for gateways.
+    Controller(controller::ControllerArgs),
+    /// Enroll this host with a perimeter controller using a one-time token.
+    Enroll(enroll_cmd::EnrollArgs),
 }
 
 fn main() {
@@ -129,6 +137,8 @@ fn main() {
             Cmd::Spad(a) => spad::run(a).await,
             Cmd::Gateway(a) => gateway::run(a).await,
             Cmd::Connect(a) => connect_cmd::run(a).await,
+            Cmd::Controller(a) => controller::run(a).await,
+            Cmd::Enroll(a) => enroll_cmd::run(a).await,
         }
     });
     if let Err(f) = r {

@@ -170,19 +170,59 @@ fn knock_native(a: KnockNativeArgs) -> Result<(), Fail> {
     );
     let client =
         kagi_crypto::hpke::HpkeKeyPair::from_private(&sk).map_err(|e| Fail(e.to_string()))?;
+    send_native_knock_from(
+        &client,
+        &a.gateway_key,
+        &a.server,
+        a.port,
+        a.services,
+        a.source_port,
+        a.source,
+    )
+}
+
+/// Sends one native SPA packet from this host's address toward `server`.
+pub(crate) fn send_native_knock(
+    client: &kagi_crypto::hpke::HpkeKeyPair,
+    gateway_key_hex: &str,
+    server: &str,
+    port: u16,
+    services: Vec<String>,
+    source_port: u16,
+) -> Result<(), Fail> {
+    send_native_knock_from(
+        client,
+        gateway_key_hex,
+        server,
+        port,
+        services,
+        source_port,
+        None,
+    )
+}
+
+fn send_native_knock_from(
+    client: &kagi_crypto::hpke::HpkeKeyPair,
+    gateway_key_hex: &str,
+    server: &str,
+    port: u16,
+    services: Vec<String>,
+    source_port: u16,
+    source: Option<IpAddr>,
+) -> Result<(), Fail> {
     let mut gateway = [0u8; 32];
-    hex::decode_to_slice(a.gateway_key.trim(), &mut gateway)
-        .map_err(|_| Fail("--gateway-key must be 64 hex digits".into()))?;
-    let (sock, dest) = udp_socket_to(&a.server, a.port)?;
+    hex::decode_to_slice(gateway_key_hex.trim(), &mut gateway)
+        .map_err(|_| Fail("the gateway's SPA key must be 64 hex digits".into()))?;
+    let (sock, dest) = udp_socket_to(server, port)?;
     sock.connect(dest)
         .map_err(|e| Fail(format!("no route to {dest}: {e}")))?;
-    let addr = match a.source {
+    let addr = match source {
         Some(s) => s,
         None => sock.local_addr()?.ip(),
     };
-    let knock = kagi_spa::native::Knock::new(unix_now(), addr, a.source_port, a.services);
+    let knock = kagi_spa::native::Knock::new(unix_now(), addr, source_port, services);
     let packet =
-        kagi_spa::native::seal(&client, &gateway, &knock).map_err(|e| Fail(e.to_string()))?;
+        kagi_spa::native::seal(client, &gateway, &knock).map_err(|e| Fail(e.to_string()))?;
     sock.send(&packet)
         .map_err(|e| Fail(format!("cannot send to {dest}: {e}")))?;
     Ok(())

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use kagi_crypto::hpke::HpkeKeyPair;
@@ -76,15 +77,7 @@ fn hex32(what: &str, s: &str) -> Result<[u8; 32], Fail> {
 }
 
 fn native_gateway(c: &NativeConfig) -> Result<NativeGateway, Fail> {
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(&c.key_file)
-            .map_err(|e| Fail(format!("cannot read {}: {e}", c.key_file.display())))?,
-    );
-    let sk = zeroize::Zeroizing::new(hex32(
-        &format!("the key in {}", c.key_file.display()),
-        &text,
-    )?);
-    let key = HpkeKeyPair::from_private(&sk[..]).map_err(|e| Fail(e.to_string()))?;
+    let key = load_spa_key(&c.key_file, false)?;
     let mut services = std::collections::HashMap::new();
     for (name, specs) in &c.services {
         let spec =
@@ -242,43 +235,92 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
             ))
         }
     };
-    let native = cfg.native.as_ref().map(native_gateway).transpose()?;
-    let max_age = cfg.max_packet_age.unwrap_or(120);
-    let replay_path = cfg
-        .replay_cache
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/lib/kagi/spad.replay"));
-    let mut cache = load_replay(&replay_path, max_age)?;
-    let mut replay_file = open_replay_file(&replay_path, &cache)?;
+    let native = cfg
+        .native
+        .as_ref()
+        .map(native_gateway)
+        .transpose()?
+        .map(|n| Arc::new(RwLock::new(n)));
     let listen = a
         .listen
         .or(cfg.listen)
         .unwrap_or_else(|| SocketAddr::from(([0u16; 8], 62201)));
+    serve(Gate {
+        listen,
+        stanzas,
+        native,
+        max_age: cfg.max_packet_age.unwrap_or(120),
+        replay_path: cfg
+            .replay_cache
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/kagi/spad.replay")),
+        firewall: a.firewall,
+        default_drop: !a.no_default_drop,
+        stealth: false,
+    })
+    .await
+}
+
+/// What an SPA daemon serves: fwknop stanzas and/or native clients. The native client set may
+/// change while it runs (the gateway and controller update it from the perimeter state).
+pub(crate) struct Gate {
+    pub listen: SocketAddr,
+    pub stanzas: Vec<kagi_spa::access_conf::Stanza>,
+    pub native: Option<Arc<RwLock<NativeGateway>>>,
+    pub max_age: u64,
+    pub replay_path: PathBuf,
+    /// "nftables" or "none".
+    pub firewall: String,
+    pub default_drop: bool,
+    /// nftables: a stealth host (see `kagi_firewall::Nftables::stealth`).
+    pub stealth: bool,
+}
+
+/// Runs an SPA daemon until SIGINT/SIGTERM, then removes its nftables table.
+pub(crate) async fn serve(g: Gate) -> Result<(), Fail> {
+    let Gate {
+        listen,
+        stanzas,
+        native,
+        max_age,
+        replay_path,
+        firewall,
+        default_drop,
+        stealth,
+    } = g;
+    let mut cache = load_replay(&replay_path, max_age)?;
+    let mut replay_file = open_replay_file(&replay_path, &cache)?;
     let std_sock =
         UdpSocket::bind(listen).map_err(|e| Fail(format!("cannot listen on udp {listen}: {e}")))?;
     // A deep queue absorbs bursts (fwknopd keeps the 208 KiB default and drops them).
     let _ = socket2::SockRef::from(&std_sock).set_recv_buffer_size(RECV_BUFFER);
     std_sock.set_nonblocking(true)?;
     let sock = tokio::net::UdpSocket::from_std(std_sock)?;
-    let mut fw: Box<dyn Firewall> = if a.firewall == "none" {
+    let mut fw: Box<dyn Firewall> = if firewall == "none" {
         Box::new(LogOnly)
+    } else if stealth {
+        Box::new(Nftables::stealth(listen.port()))
     } else {
         Box::new(Nftables::default())
     };
     let mut protected: Vec<_> = stanzas
         .iter()
         .flat_map(|s| s.protected_ports().iter().copied())
-        .chain(
-            native
-                .iter()
-                .flat_map(|n| n.services.values().flatten().copied()),
-        )
+        .chain(native.iter().flat_map(|n| {
+            n.read()
+                .unwrap_or_else(|p| p.into_inner())
+                .services
+                .values()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>()
+        }))
         .collect();
     protected.sort();
     protected.dedup();
-    fw.setup(&protected, !a.no_default_drop)
+    fw.setup(&protected, default_drop)
         .map_err(|e| Fail(e.to_string()))?;
-    tracing::info!(%listen, stanzas = stanzas.len(), firewall = %a.firewall, replay_entries = cache.len(), "kagi spad listening");
+    tracing::info!(%listen, stanzas = stanzas.len(), firewall = %firewall, replay_entries = cache.len(), "kagi spad listening");
 
     let policy = DaemonPolicy {
         max_age: Some(max_age),
@@ -319,6 +361,7 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
             let packet = &buf[..n];
             let outcome = match &native {
                 Some(gw) if packet.starts_with(kagi_spa::native::MAGIC) => {
+                    let gw = gw.read().unwrap_or_else(|p| p.into_inner());
                     let v = gw.decide(packet, src, t as u64, max_age, &mut cache);
                     if let Ok(g) = &v {
                         replay_lines.push_str(&replay_line(&g.replay, t));
@@ -419,4 +462,111 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
     fw.teardown().map_err(|e| Fail(e.to_string()))?;
     tracing::info!("kagi spad stopped; its nftables table is removed");
     result
+}
+
+/// `[spa]` of `kagi gateway` and `kagi controller`: native SPA in front of their own TLS
+/// port, admitting the client keys the perimeter state names (updated while it runs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmbeddedSpaConfig {
+    /// UDP address (default [::]:62201).
+    pub listen: Option<SocketAddr>,
+    /// The X25519 private key file (hex); the controller creates its own if absent, a
+    /// gateway uses the SPA key from its identity directory.
+    pub key_file: Option<PathBuf>,
+    /// Seconds a knock opens the TLS port for (default 30).
+    pub timeout: Option<u32>,
+    /// "nftables" (default) or "none" (log only).
+    pub firewall: Option<String>,
+    /// Replay cache file.
+    pub replay_cache: PathBuf,
+    /// Drop every other TCP/UDP packet to this host and pings too, so a scan gets no reply
+    /// at all (default false: only the TLS port is hidden).
+    #[serde(default)]
+    pub stealth: bool,
+}
+
+impl EmbeddedSpaConfig {
+    /// A gate that opens `tcp/port` for knocks naming `service`.
+    pub fn gate(
+        &self,
+        key: HpkeKeyPair,
+        service: &str,
+        port: u16,
+    ) -> Result<(Gate, Arc<RwLock<NativeGateway>>), Fail> {
+        let firewall = self.firewall.clone().unwrap_or_else(|| "nftables".into());
+        if firewall != "nftables" && firewall != "none" {
+            return Err(Fail(
+                "[spa] firewall must be \"nftables\" or \"none\"".into(),
+            ));
+        }
+        let native = Arc::new(RwLock::new(NativeGateway {
+            key,
+            clients: std::collections::HashMap::new(),
+            services: [(service.to_string(), vec![(kagi_spa::Proto::Tcp, port)])].into(),
+            timeout: self.timeout.unwrap_or(30),
+        }));
+        Ok((
+            Gate {
+                listen: self
+                    .listen
+                    .unwrap_or_else(|| SocketAddr::from(([0u16; 8], 62201))),
+                stanzas: Vec::new(),
+                native: Some(native.clone()),
+                max_age: 120,
+                replay_path: self.replay_cache.clone(),
+                firewall,
+                default_drop: true,
+                stealth: self.stealth,
+            },
+            native,
+        ))
+    }
+}
+
+/// Replaces a gate's clients: each may knock for `service`.
+pub(crate) fn set_clients(
+    gate: &RwLock<NativeGateway>,
+    service: &str,
+    clients: impl IntoIterator<Item = (String, [u8; 32])>,
+) {
+    let map = clients
+        .into_iter()
+        .map(|(name, public)| {
+            (
+                kagi_spa::native::key_id(&public),
+                NativeClient {
+                    name,
+                    public,
+                    services: vec![service.to_string()],
+                },
+            )
+        })
+        .collect();
+    gate.write().unwrap_or_else(|p| p.into_inner()).clients = map;
+}
+
+/// Reads an X25519 private key (hex) from `path`, creating one (mode 0600) if `create` and
+/// the file does not exist.
+pub(crate) fn load_spa_key(path: &std::path::Path, create: bool) -> Result<HpkeKeyPair, Fail> {
+    if create && !path.exists() {
+        let k = HpkeKeyPair::generate();
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Fail(format!("{} is not a file path", path.display())))?;
+        crate::control_client::write_file(
+            dir,
+            name,
+            hex::encode(k.private_bytes().expose()).as_bytes(),
+            true,
+        )?;
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Fail(format!("cannot read {}: {e}", path.display())))?,
+    );
+    let sk = zeroize::Zeroizing::new(hex32(&format!("the key in {}", path.display()), &text)?);
+    HpkeKeyPair::from_private(&sk[..]).map_err(|e| Fail(e.to_string()))
 }

@@ -7,18 +7,10 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{free_port, kagi_bin, Server};
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{free_port, kagi_bin, Proc, Server};
 
 fn policy(kms: &str, allow_alice: bool) -> String {
     let rule = if allow_alice {

@@ -7,9 +7,9 @@ mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{is_root, kagi_bin};
+use support::{is_root, kagi_bin, wait_until, Proc};
 
 /// Two hosts: `srv` (10.201.N.1, fd00:201:N::1) and `cli` (.2 and .3, fd00:201:N::2).
 struct Net {
@@ -154,14 +154,6 @@ impl Drop for Net {
     }
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -201,17 +193,6 @@ fn keygen() -> (String, String) {
             .to_string()
     };
     (get("KEY_BASE64:"), get("HMAC_KEY_BASE64:"))
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn start_spad(net: &Net, dir: &Path, log: &str) -> Proc {

@@ -96,6 +96,9 @@ pub struct Nftables {
     /// probed at setup). Without it a grant deletes and re-adds, which costs the kernel an
     /// RCU grace period (~12 ms here) per transaction.
     refresh_by_add: bool,
+    /// Stealth host: drop every other TCP/UDP packet and pings too (the host answers
+    /// nothing); the value is the SPA UDP port, which stays reachable.
+    stealth: Option<u16>,
 }
 
 impl Default for Nftables {
@@ -103,6 +106,19 @@ impl Default for Nftables {
         Self {
             table: "kagi".into(),
             refresh_by_add: false,
+            stealth: None,
+        }
+    }
+}
+
+impl Nftables {
+    /// A stealth host: besides the protected ports, every TCP and UDP packet that is not
+    /// granted, established, on loopback or for the SPA port `spa_udp_port` is dropped, and
+    /// so are pings — a scan gets no reply packet at all.
+    pub fn stealth(spa_udp_port: u16) -> Self {
+        Self {
+            stealth: Some(spa_udp_port),
+            ..Self::default()
         }
     }
 }
@@ -123,8 +139,20 @@ fn run_nft_output(args: &[&str]) -> Result<String, FirewallError> {
     }
 }
 
-/// The ruleset text for kagi's table (pure; shown in docs and tested).
+/// The ruleset text for kagi's table (pure; shown in docs and tested). Connections that a
+/// grant let in outlive the grant (`ct state established`): a knock opens the door for new
+/// connections only. A mid-stream probe (conntrack's loose pickup) is still `new` and dropped.
 pub fn ruleset(table: &str, protected: &[(Proto, u16)], default_drop: bool) -> String {
+    ruleset_with(table, protected, default_drop, None)
+}
+
+/// [`ruleset`], optionally for a stealth host (see [`Nftables::stealth`]).
+pub fn ruleset_with(
+    table: &str,
+    protected: &[(Proto, u16)],
+    default_drop: bool,
+    stealth: Option<u16>,
+) -> String {
     let mut s = format!(
         "table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n\
          \tset allowed4 {{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}\n\
@@ -132,6 +160,7 @@ pub fn ruleset(table: &str, protected: &[(Proto, u16)], default_drop: bool) -> S
          \tset pinhole4 {{ type ipv4_addr . inet_service . inet_proto . inet_service; flags timeout; }}\n\
          \tset pinhole6 {{ type ipv6_addr . inet_service . inet_proto . inet_service; flags timeout; }}\n\
          \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tct state established,related accept\n\
          \t\tip saddr . meta l4proto . th dport @allowed4 accept\n\
          \t\tip6 saddr . meta l4proto . th dport @allowed6 accept\n\
          \t\tip saddr . th sport . meta l4proto . th dport @pinhole4 accept\n\
@@ -152,6 +181,15 @@ pub fn ruleset(table: &str, protected: &[(Proto, u16)], default_drop: bool) -> S
                 ));
             }
         }
+    }
+    if let Some(spa) = stealth {
+        s.push_str(&format!(
+            "\t\tiifname \"lo\" accept\n\
+             \t\tudp dport {spa} accept\n\
+             \t\tmeta l4proto {{ tcp, udp }} drop\n\
+             \t\ticmp type echo-request drop\n\
+             \t\ticmpv6 type echo-request drop\n"
+        ));
     }
     s.push_str("\t}\n}\n");
     s
@@ -229,7 +267,12 @@ impl Firewall for Nftables {
         protected: &[(Proto, u16)],
         default_drop: bool,
     ) -> Result<(), FirewallError> {
-        run_nft(&ruleset(&self.table, protected, default_drop))?;
+        run_nft(&ruleset_with(
+            &self.table,
+            protected,
+            default_drop,
+            self.stealth,
+        ))?;
         // Probe: does a second add with a longer timeout restart the first one's?
         let t = &self.table;
         let el = "127.0.0.255 . tcp . 9";
@@ -277,6 +320,13 @@ mod tests {
         assert!(r.contains("ip saddr . th sport . meta l4proto . th dport @pinhole4 accept"));
         let open = ruleset("kagi", &[(Proto::Tcp, 22)], false);
         assert!(!open.contains("drop"));
+        // Established connections come first; a stealth host drops the rest after the grants.
+        let st = ruleset_with("kagi", &[(Proto::Tcp, 8443)], true, Some(62201));
+        let pos = |needle: &str| st.find(needle).unwrap();
+        assert!(pos("ct state established,related accept") < pos("@allowed4 accept"));
+        assert!(pos("@pinhole6 accept") < pos("udp dport 62201 accept"));
+        assert!(pos("udp dport 62201 accept") < pos("meta l4proto { tcp, udp } drop"));
+        assert!(!r.contains("meta l4proto { tcp, udp } drop"));
     }
 
     #[test]

@@ -15,6 +15,11 @@ fn bad(s: String) -> PolicyError {
     PolicyError(s)
 }
 
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 /// What kind of identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +51,10 @@ struct IdentityDoc {
     kind: IdentityKind,
     #[serde(default)]
     groups: Vec<String>,
+    /// Gateways only: `host:port` where clients reach its TLS port (the controller hands it out).
+    address: Option<String>,
+    /// Gateways only: its SPA UDP port (default 62201).
+    spa_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +63,21 @@ struct ServiceDoc {
     name: String,
     /// `host:port` the gateway may connect to for this service (its egress allow-list).
     address: String,
+    /// The gateway identity that fronts this service (with a controller).
+    gateway: Option<String>,
+}
+
+/// A gateway as the policy describes it: where clients find it and what it fronts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayEntry {
+    /// Identity name (its certificate's subject).
+    pub name: String,
+    /// `host:port` of its TLS port.
+    pub address: String,
+    /// Its SPA UDP port.
+    pub spa_port: u16,
+    /// Services it fronts.
+    pub services: Vec<String>,
 }
 
 /// Device-posture requirements of a rule.
@@ -236,6 +260,7 @@ impl PostureRequirement {
 pub struct PerimeterPolicy {
     identities: BTreeMap<String, (IdentityKind, BTreeSet<String>)>,
     services: BTreeMap<String, String>,
+    gateways: BTreeMap<String, GatewayEntry>,
     rules: Vec<Rule>,
     grants: Vec<Grant>,
 }
@@ -269,7 +294,32 @@ impl PerimeterPolicy {
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let doc: PolicyDoc = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
         let mut identities = BTreeMap::new();
+        let mut gateways = BTreeMap::new();
         for i in doc.identities {
+            if i.kind == IdentityKind::Gateway {
+                if let Some(address) = &i.address {
+                    if !is_host_port(address) {
+                        return Err(bad(format!(
+                            "identity {}: address {address:?} is not host:port",
+                            i.name
+                        )));
+                    }
+                    gateways.insert(
+                        i.name.clone(),
+                        GatewayEntry {
+                            name: i.name.clone(),
+                            address: address.clone(),
+                            spa_port: i.spa_port.unwrap_or(62201),
+                            services: Vec::new(),
+                        },
+                    );
+                }
+            } else if i.address.is_some() || i.spa_port.is_some() {
+                return Err(bad(format!(
+                    "identity {}: address and spa_port are for gateways only",
+                    i.name
+                )));
+            }
             if i.name.is_empty() || i.name.starts_with("group:") || i.name == "*" {
                 return Err(bad(format!(
                     "identity name {:?} is reserved or empty",
@@ -285,15 +335,20 @@ impl PerimeterPolicy {
         }
         let mut services = BTreeMap::new();
         for s in doc.services {
-            let ok = s
-                .address
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !ok {
+            if !is_host_port(&s.address) {
                 return Err(bad(format!(
                     "service {}: address {:?} is not host:port",
                     s.name, s.address
                 )));
+            }
+            if let Some(g) = &s.gateway {
+                let Some(entry) = gateways.get_mut(g) else {
+                    return Err(bad(format!(
+                        "service {}: gateway {g} is not a gateway identity with an address",
+                        s.name
+                    )));
+                };
+                entry.services.push(s.name.clone());
             }
             if services.insert(s.name.clone(), s.address).is_some() {
                 return Err(bad(format!("service {} is defined twice", s.name)));
@@ -367,6 +422,7 @@ impl PerimeterPolicy {
         Ok(Self {
             identities,
             services,
+            gateways,
             rules,
             grants,
         })
@@ -375,6 +431,16 @@ impl PerimeterPolicy {
     /// The address a gateway may connect to for `service` (egress allow-list).
     pub fn service_address(&self, service: &str) -> Option<&str> {
         self.services.get(service).map(String::as_str)
+    }
+
+    /// The kind of a defined identity.
+    pub fn identity_kind(&self, name: &str) -> Option<IdentityKind> {
+        self.identities.get(name).map(|(k, _)| *k)
+    }
+
+    /// Gateways with an address, and the services each fronts.
+    pub fn gateways(&self) -> impl Iterator<Item = &GatewayEntry> {
+        self.gateways.values()
     }
 
     /// Would `req.identity` reach `req.service` now, and by which rule? Deny rules win over

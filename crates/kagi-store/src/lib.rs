@@ -5,11 +5,14 @@
 //! - [`AuditStore`]: the append-only audit chain. Synchronous, because one dedicated writer
 //!   thread batches records into group commits.
 //!
+//! [`perimeter::PerimeterStore`] holds the perimeter controller's state (SQLite).
+//!
 //! SQLite implements both for the embedded default ([`sqlite`]); PostgreSQL implements both
 //! for several nodes sharing one database ([`postgres`]).
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod perimeter;
 pub mod postgres;
 pub mod sqlite;
 mod traits;

@@ -34,6 +34,12 @@ const AUDIT_MIGRATIONS: &[&str] = &[
      CREATE TABLE audit_checkpoints (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);",
 ];
 
+/// Opens a durable SQLite database at `path` and applies `migrations` (one per schema
+/// version, recorded in `user_version`).
+pub(crate) fn open_migrated(path: &Path, migrations: &[&str]) -> Result<Connection, StoreError> {
+    open(path, migrations, true)
+}
+
 fn open(path: &Path, migrations: &[&str], durable: bool) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;

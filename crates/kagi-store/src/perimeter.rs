@@ -1,0 +1,385 @@
+//! The perimeter controller's state in SQLite: its CA, the policy, one-time enrollment tokens,
+//! enrolled identities (SPA key, current certificate serial, revocation) and a change log.
+//! Every change bumps one version number in the same transaction, so a running controller
+//! sees changes made by `kagi controller ...` admin commands (another process) by polling it,
+//! and gateways ask for "anything newer than version N".
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    "CREATE TABLE perimeter_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+     INSERT INTO perimeter_meta (k, v) VALUES ('version', '1');
+     CREATE TABLE perimeter_identities (
+         name TEXT PRIMARY KEY, spa_public_key TEXT NOT NULL, cert_serial TEXT NOT NULL,
+         enrolled_at INTEGER NOT NULL, revoked_at INTEGER);
+     CREATE TABLE perimeter_tokens (
+         id TEXT PRIMARY KEY, identity TEXT NOT NULL, spa_public_key TEXT NOT NULL,
+         expires_at INTEGER NOT NULL, used_at INTEGER);
+     CREATE TABLE perimeter_changes (
+         seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, what TEXT NOT NULL);",
+];
+
+/// An enrolled identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolledIdentity {
+    /// Identity name.
+    pub name: String,
+    /// X25519 SPA public key, hex.
+    pub spa_public_key: String,
+    /// Serial (hex) of the only certificate gateways accept for it.
+    pub cert_serial: String,
+    /// Unix time of enrollment.
+    pub enrolled_at: i64,
+    /// Unix time of revocation, if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// An unused, unexpired enrollment token (its one-time SPA key opens the controller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingToken {
+    /// The identity it enrolls.
+    pub identity: String,
+    /// Its one-time X25519 SPA public key, hex.
+    pub spa_public_key: String,
+}
+
+/// One administrative change, for the controller's audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Increasing.
+    pub seq: i64,
+    /// Unix time.
+    pub at: i64,
+    /// Who made it.
+    pub actor: String,
+    /// What, in one sentence.
+    pub what: String,
+}
+
+/// The controller's state.
+pub struct PerimeterStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for PerimeterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PerimeterStore")
+    }
+}
+
+fn bump(
+    tx: &rusqlite::Transaction<'_>,
+    now: i64,
+    actor: &str,
+    what: &str,
+) -> Result<u64, StoreError> {
+    tx.execute(
+        "UPDATE perimeter_meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'version'",
+        [],
+    )?;
+    tx.execute(
+        "INSERT INTO perimeter_changes (at, actor, what) VALUES (?1, ?2, ?3)",
+        params![now, actor, what],
+    )?;
+    let v: String = tx.query_row(
+        "SELECT v FROM perimeter_meta WHERE k = 'version'",
+        [],
+        |r| r.get(0),
+    )?;
+    v.parse()
+        .map_err(|_| StoreError::Corrupt("the perimeter version is not a number".into()))
+}
+
+impl PerimeterStore {
+    /// Opens (creating and migrating) the state database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: Mutex::new(crate::sqlite::open_migrated(path, MIGRATIONS)?),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current version (increases with every change).
+    pub fn version(&self) -> Result<u64, StoreError> {
+        self.meta("version")?
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt("the perimeter version is missing".into()))
+    }
+
+    /// A stored setting.
+    pub fn meta(&self, k: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT v FROM perimeter_meta WHERE k = ?1", [k], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Stores settings that are written once (the CA); returns false if `k` already existed
+    /// (nothing is written then).
+    pub fn init_meta(&self, pairs: &[(&str, &str)]) -> Result<bool, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        for (k, v) in pairs {
+            if tx.execute(
+                "INSERT INTO perimeter_meta (k, v) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![k, v],
+            )? == 0
+            {
+                return Ok(false);
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Stores a setting that is not part of the perimeter state (no version bump).
+    pub fn set_meta(&self, k: &str, v: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO perimeter_meta (k, v) VALUES (?1, ?2)
+             ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            params![k, v],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the policy (already validated by the caller).
+    pub fn set_policy(&self, text: &str, now: i64, actor: &str) -> Result<u64, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO perimeter_meta (k, v) VALUES ('policy', ?1)
+             ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            [text],
+        )?;
+        let v = bump(&tx, now, actor, "perimeter policy replaced")?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Records a new one-time token: `id` is the SHA-256 (hex) of its secret.
+    pub fn add_token(
+        &self,
+        id: &str,
+        identity: &str,
+        spa_public_key: &str,
+        expires_at: i64,
+        now: i64,
+        actor: &str,
+    ) -> Result<u64, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO perimeter_tokens (id, identity, spa_public_key, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![id, identity, spa_public_key, expires_at],
+        )?;
+        let v = bump(
+            &tx,
+            now,
+            actor,
+            &format!("enrollment token created for {identity}"),
+        )?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Tokens that can still be redeemed at `now`.
+    pub fn pending_tokens(&self, now: i64) -> Result<Vec<PendingToken>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT identity, spa_public_key FROM perimeter_tokens
+             WHERE used_at IS NULL AND expires_at > ?1",
+        )?;
+        let rows = st.query_map([now], |r| {
+            Ok(PendingToken {
+                identity: r.get(0)?,
+                spa_public_key: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Redeems token `id` in one transaction: refuses a used, expired or unknown one, marks
+    /// it used and (re-)enrolls its identity with the new SPA key and certificate serial
+    /// (clearing a revocation: a new token is a deliberate decision). Returns the identity.
+    pub fn redeem_token(
+        &self,
+        id: &str,
+        spa_public_key: &str,
+        cert_serial: &str,
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let row: Option<(String, i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT identity, expires_at, used_at FROM perimeter_tokens WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let identity = match row {
+            None => return Err(StoreError::NotFound("the enrollment token".into())),
+            Some((_, _, Some(_))) => {
+                // The caller words it: "already used".
+                return Err(StoreError::Conflict("the enrollment token".into()));
+            }
+            Some((_, exp, None)) if exp <= now => {
+                return Err(StoreError::NotFound(
+                    "the enrollment token (expired)".into(),
+                ))
+            }
+            Some((identity, _, None)) => identity,
+        };
+        tx.execute(
+            "UPDATE perimeter_tokens SET used_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        tx.execute(
+            "INSERT INTO perimeter_identities (name, spa_public_key, cert_serial, enrolled_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET spa_public_key = excluded.spa_public_key,
+               cert_serial = excluded.cert_serial, enrolled_at = excluded.enrolled_at,
+               revoked_at = NULL",
+            params![identity, spa_public_key, cert_serial, now],
+        )?;
+        bump(&tx, now, &identity, &format!("{identity} enrolled"))?;
+        tx.commit()?;
+        Ok(identity)
+    }
+
+    /// A renewed certificate becomes the only one accepted for `identity`.
+    pub fn set_cert_serial(
+        &self,
+        identity: &str,
+        serial: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let n = tx.execute(
+            "UPDATE perimeter_identities SET cert_serial = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            params![identity, serial],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!(
+                "enrolled identity {identity}"
+            )));
+        }
+        bump(
+            &tx,
+            now,
+            identity,
+            &format!("{identity} renewed its certificate"),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Revokes an enrolled identity: gateways refuse and close its connections.
+    pub fn revoke(&self, identity: &str, now: i64, actor: &str) -> Result<u64, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let n = tx.execute(
+            "UPDATE perimeter_identities SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            params![identity, now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!(
+                "an enrolled, unrevoked identity {identity}"
+            )));
+        }
+        let v = bump(&tx, now, actor, &format!("{identity} revoked"))?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Every enrolled identity, revoked ones included.
+    pub fn identities(&self) -> Result<Vec<EnrolledIdentity>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT name, spa_public_key, cert_serial, enrolled_at, revoked_at
+             FROM perimeter_identities ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(EnrolledIdentity {
+                name: r.get(0)?,
+                spa_public_key: r.get(1)?,
+                cert_serial: r.get(2)?,
+                enrolled_at: r.get(3)?,
+                revoked_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Changes after `seq`, oldest first.
+    pub fn changes_since(&self, seq: i64) -> Result<Vec<Change>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT seq, at, actor, what FROM perimeter_changes WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([seq], |r| {
+            Ok(Change {
+                seq: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                what: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_one_time_and_changes_bump_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PerimeterStore::open(&dir.path().join("p.db")).unwrap();
+        let v0 = s.version().unwrap();
+        assert!(s.init_meta(&[("ca_cert", "C")]).unwrap());
+        assert!(!s.init_meta(&[("ca_cert", "D")]).unwrap());
+        assert_eq!(s.meta("ca_cert").unwrap().as_deref(), Some("C"));
+        s.set_policy("x = 1", 10, "root").unwrap();
+        s.add_token("t1", "alice", "aa", 100, 10, "root").unwrap();
+        s.add_token("t2", "bob", "bb", 20, 10, "root").unwrap();
+        assert_eq!(s.pending_tokens(30).unwrap().len(), 1);
+        assert!(matches!(
+            s.redeem_token("t2", "b2", "s2", 30),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(s.redeem_token("t1", "a2", "s1", 30).unwrap(), "alice");
+        assert!(matches!(
+            s.redeem_token("t1", "a3", "s3", 31),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(s.pending_tokens(30).unwrap().is_empty());
+        s.set_cert_serial("alice", "s9", 40).unwrap();
+        s.revoke("alice", 50, "root").unwrap();
+        assert!(s.revoke("alice", 51, "root").is_err());
+        assert!(s.set_cert_serial("alice", "s10", 52).is_err());
+        let ids = s.identities().unwrap();
+        assert_eq!(ids[0].cert_serial, "s9");
+        assert_eq!(ids[0].revoked_at, Some(50));
+        assert!(s.version().unwrap() >= v0 + 6);
+        let changes = s.changes_since(0).unwrap();
+        assert_eq!(changes.last().unwrap().what, "alice revoked");
+        assert_eq!(
+            s.changes_since(changes[2].seq).unwrap().len(),
+            changes.len() - 3
+        );
+    }
+}
