@@ -526,6 +526,12 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
         Vec::<u16>::new(),
         "key service reachable directly"
     );
+    // (A host that is not hidden does answer: ping itself works.)
+    let ping = h
+        .exec("cli", &["ping", "-c", "1", "-W", "1", SVC])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "ping does not work here at all");
     let ping = h
         .exec("cli", &["ping", "-c", "1", "-W", "1", GW])
         .output()
