@@ -271,6 +271,57 @@ impl IdentityDir {
         )?))
     }
 
+    /// Is the certificate past two thirds of its lifetime (or unreadable)?
+    pub fn renewal_due(&self) -> bool {
+        let Ok(der) = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()) else {
+            return true;
+        };
+        let Ok((_, c)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+            return true;
+        };
+        let (from, to) = (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        );
+        jiff::Timestamp::now().as_second() >= from + (to - from) * 2 / 3
+    }
+
+    /// A new certificate for the same TLS key: only `cert.pem` (one atomic replace) and
+    /// `profile.json` change, so a crash cannot leave a key that does not fit its certificate.
+    pub async fn renew(&mut self, dir: &Path) -> Result<(), Fail> {
+        let key = rcgen::KeyPair::from_pem(&self.key_pem)
+            .map_err(|e| Fail(format!("{}/key.pem: {e}", dir.display())))?;
+        self.knock_controller()?;
+        let req = ControlRequest::Renew {
+            tls_public_key: hex::encode(key.public_key_raw()),
+        };
+        let answer = request(
+            &self.profile.controller,
+            self.tls(kagi_sdp::control::ALPN)?,
+            &req,
+            Duration::from_secs(15),
+        )
+        .await?;
+        let ControlAnswer::Enrolled(e) = answer else {
+            return Err(Fail(
+                "the controller answered something other than a certificate".into(),
+            ));
+        };
+        self.profile.expires_at = e.expires_at.clone();
+        self.profile.gateways = e.gateways.clone();
+        write_file(dir, "cert.pem", e.certificate.as_bytes(), false)?;
+        write_file(
+            dir,
+            "profile.json",
+            serde_json::to_string_pretty(&self.profile)
+                .map_err(|e| Fail(e.to_string()))?
+                .as_bytes(),
+            false,
+        )?;
+        self.cert_pem = e.certificate;
+        Ok(())
+    }
+
     /// Knocks on the controller when it hides behind SPA.
     pub fn knock_controller(&self) -> Result<(), Fail> {
         if self.profile.controller_spa_key.is_empty() {

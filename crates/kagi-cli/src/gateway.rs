@@ -98,6 +98,8 @@ struct Link {
 }
 
 struct State {
+    /// Replaced when the gateway renews its certificate (controller mode).
+    acceptor: RwLock<tokio_rustls::TlsAcceptor>,
     /// None until the first sync (controller mode): everything is refused.
     perimeter: RwLock<Option<Arc<Perimeter>>>,
     link: Option<Link>,
@@ -189,6 +191,8 @@ enum Source {
     File(PathBuf),
     Controller {
         id: Box<IdentityDir>,
+        dir: PathBuf,
+        tls: kagi_server::config::TlsConfig,
         spa: Option<Arc<RwLock<kagi_spa::native_decision::NativeGateway>>>,
     },
 }
@@ -236,9 +240,11 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
                 down_since: Mutex::new(None),
             };
             (
-                tls,
+                tls.clone(),
                 Source::Controller {
                     id: Box::new(id),
+                    dir: dir.clone(),
+                    tls,
                     spa,
                 },
                 None,
@@ -276,6 +282,7 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
         .map_err(|e| Fail(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let audit = Recorder::open(&cfg.audit, cfg.node.clone())?;
     let state = Arc::new(State {
+        acceptor: RwLock::new(acceptor),
         perimeter: RwLock::new(initial),
         link,
         live: Mutex::new(HashMap::new()),
@@ -285,7 +292,9 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     tokio::spawn(redecide(state.clone()));
     match source {
         Source::File(path) => drop(tokio::spawn(watch_file(state.clone(), path))),
-        Source::Controller { id, spa } => drop(tokio::spawn(sync(state.clone(), *id, spa))),
+        Source::Controller { id, dir, tls, spa } => {
+            drop(tokio::spawn(sync(state.clone(), *id, dir, tls, spa)))
+        }
     }
     let spa_task = spa_gate.map(|g| tokio::spawn(crate::spad::serve(g)));
     tracing::info!(listen = %cfg.listen, "kagi gateway listening");
@@ -305,7 +314,12 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
             },
         };
         next_id += 1;
-        let (acceptor, state, id) = (acceptor.clone(), state.clone(), next_id);
+        let acceptor = state
+            .acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (state, id) = (state.clone(), next_id);
         let task = tokio::spawn(async move {
             if let Err(why) = tunnel(acceptor, tcp, peer, state.clone(), id).await {
                 tracing::info!(%peer, verdict = "refused", reason = %why, "gateway decision");
@@ -355,10 +369,12 @@ async fn watch_file(state: Arc<State>, path: PathBuf) {
 /// state (keeping the last good one if a policy does not parse) and the SPA client keys.
 async fn sync(
     state: Arc<State>,
-    id: IdentityDir,
+    mut id: IdentityDir,
+    dir: PathBuf,
+    tls: kagi_server::config::TlsConfig,
     spa: Option<Arc<RwLock<kagi_spa::native_decision::NativeGateway>>>,
 ) {
-    let cfg = match id.tls(kagi_sdp::control::ALPN) {
+    let mut cfg = match id.tls(kagi_sdp::control::ALPN) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e.0, "cannot use this gateway's identity; failing closed");
@@ -378,6 +394,29 @@ async fn sync(
     set_down(true);
     let mut version = 0u64;
     loop {
+        // Short-lived certificate: renew at two thirds of its life, same key, and serve the
+        // new one to clients from the next connection on.
+        if id.renewal_due() {
+            match id.renew(&dir).await {
+                Ok(()) => {
+                    match (
+                        kagi_server::mtls_acceptor(&tls, &[b"kagi-connect/1"]),
+                        id.tls(kagi_sdp::control::ALPN),
+                    ) {
+                        (Ok(a), Ok(c)) => {
+                            *state.acceptor.write().unwrap_or_else(|p| p.into_inner()) = a;
+                            cfg = c;
+                            tracing::info!(expires_at = %id.profile.expires_at, "gateway certificate renewed");
+                        }
+                        (Err(e), _) => tracing::error!(error = %e, "renewed certificate unusable"),
+                        (_, Err(e)) => {
+                            tracing::error!(error = %e.0, "renewed certificate unusable")
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.0, "cannot renew the gateway certificate yet"),
+            }
+        }
         if let Err(e) = id.knock_controller() {
             tracing::warn!(error = %e.0, "cannot knock on the controller");
         }

@@ -363,7 +363,7 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
     std::fs::write(
         d.join("controller.toml"),
         format!(
-            "listen = \"{CTL}:8444\"\nnames = [\"{CTL}\"]\nstate = \"{s}\"\naudit = \"{a}\"\nnode = \"ctl1\"\ncert_ttl = \"1h\"\n\
+            "listen = \"{CTL}:8444\"\nnames = [\"{CTL}\"]\nstate = \"{s}\"\naudit = \"{a}\"\nnode = \"ctl1\"\ncert_ttl = \"2m\"\n\
              [spa]\nkey_file = \"{k}\"\nreplay_cache = \"{r}\"\nstealth = true\n",
             s = p("controller.db"),
             a = p("controller-audit.db"),
@@ -714,6 +714,23 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
         &token
     ));
     eprintln!("policy change reached the gateway after {reached:?}");
+
+    // Short-lived certificates: the gateway renews its own at two thirds of its life (80 s
+    // here) and serves the new one; clients still get through.
+    ctl(&["set-policy", &p("policy.toml")]);
+    assert!(
+        wait_until(Duration::from_secs(120), || log_has(
+            &gw_log,
+            "gateway certificate renewed"
+        )),
+        "the gateway did not renew its certificate"
+    );
+    assert!(generate_through(
+        &h,
+        &id("alice"),
+        &["disk_encryption=true"],
+        &token
+    ));
 
     // Both chains verify; the controller's records enrollments and changes.
     for db in ["gateway-audit.db", "controller-audit.db"] {
