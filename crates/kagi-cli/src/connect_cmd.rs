@@ -13,7 +13,7 @@ use std::sync::Arc;
 use kagi_sdp::tunnel::{parse_answer, ConnectRequest};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::control_client as cc;
+use crate::control_client::{self as cc, SPLICE_BUF};
 use crate::output::Fail;
 
 /// Knocks on the gateway before a connection unless a recent knock still holds the door.
@@ -26,6 +26,9 @@ struct Knocker {
 /// Re-knock after this long (a knock opens new connections for 30 s by default).
 const REKNOCK: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long reaching the gateway's TLS port may take.
+const DIAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Knocker {
     fn new(id: cc::IdentityDir, gateway: kagi_sdp::control::GatewayInfo) -> Self {
         Self {
@@ -35,13 +38,14 @@ impl Knocker {
         }
     }
 
-    async fn knock(&self) -> Result<(), Fail> {
+    /// Knocks unless a knock within `REKNOCK` still holds the door (or `force`).
+    fn knock(&self, force: bool) -> Result<(), Fail> {
         if self.gateway.spa_public_key.is_empty() {
             return Ok(());
         }
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < REKNOCK) {
+            if !force && last.is_some_and(|t| t.elapsed() < REKNOCK) {
                 return Ok(());
             }
             *last = Some(std::time::Instant::now());
@@ -54,8 +58,6 @@ impl Knocker {
             vec![kagi_sdp::control::SPA_GATEWAY.to_string()],
             0,
         )?;
-        // Let the gateway's firewall open before the SYN (else the kernel retries in 1 s).
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         Ok(())
     }
 }
@@ -79,6 +81,9 @@ pub struct ConnectArgs {
     /// CA that signed the gateway's certificate (PEM).
     #[arg(long = "gateway-ca", env = "KAGI_GATEWAY_CA")]
     gateway_ca: Option<PathBuf>,
+    /// Benchmark: make N tunnel set-ups (each with its own knock) and print their latency.
+    #[arg(long, hide = true, value_name = "N")]
+    probe: Option<u32>,
     /// The identity from `kagi enroll` (env KAGI_IDENTITY_DIR; default ~/.config/kagi/identity).
     #[arg(long, env = "KAGI_IDENTITY_DIR")]
     dir: Option<PathBuf>,
@@ -127,6 +132,20 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
     };
     let connector = tokio_rustls::TlsConnector::from(tls);
     let server_name = cc::server_name(&gateway)?;
+    if let Some(n) = a.probe {
+        if n == 0 {
+            return Err(Fail("--probe needs at least 1".into()));
+        }
+        return probe(
+            n,
+            &gateway,
+            connector,
+            server_name,
+            &request.encode(),
+            knock.as_deref(),
+        )
+        .await;
+    }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|e| Fail(format!("cannot listen on {}: {e}", a.listen)))?;
@@ -151,7 +170,7 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
         );
         tokio::spawn(async move {
             if let Some(k) = knock {
-                if let Err(e) = k.knock().await {
+                if let Err(e) = k.knock(false) {
                     eprintln!("kagi connect: {}", e.0);
                 }
             }
@@ -169,9 +188,23 @@ async fn forward(
     name: rustls::pki_types::ServerName<'static>,
     line: &str,
 ) -> Result<(), String> {
-    let tcp = tokio::net::TcpStream::connect(gateway)
+    let mut remote = open(gateway, connector, name, line).await?;
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUF, SPLICE_BUF)
+            .await;
+    Ok(())
+}
+
+/// TCP (retrying quickly after a knock), mutual TLS, the request line and the gateway's OK.
+async fn open(
+    gateway: &str,
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    line: &str,
+) -> Result<BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, String> {
+    let tcp = cc::dial(gateway, DIAL_LIMIT)
         .await
         .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
     let tls = connector
         .connect(name, tcp)
         .await
@@ -187,6 +220,44 @@ async fn forward(
         .await
         .map_err(|e| format!("the gateway closed the connection: {e}"))?;
     parse_answer(&answer).map_err(|why| format!("the gateway refused: {why}"))?;
-    let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+    Ok(remote)
+}
+
+/// `--probe N`: N complete set-ups one after another — knock, TCP, mutual TLS, request, OK —
+/// and their latency percentiles (scripts/bench-perimeter).
+async fn probe(
+    n: u32,
+    gateway: &str,
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    line: &str,
+    knock: Option<&Knocker>,
+) -> Result<(), Fail> {
+    let mut ms = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        if let Some(k) = knock {
+            k.knock(true)?;
+        }
+        let s = open(gateway, connector.clone(), name.clone(), line)
+            .await
+            .map_err(Fail)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(s);
+        // Let the knock's replay-cache entry and the pinhole settle apart per probe.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{}",
+        serde_json::json!({
+            "setups": ms.len(),
+            "spa": knock.is_some(),
+            "p50_ms": pct(0.5),
+            "p90_ms": pct(0.9),
+            "max_ms": pct(1.0),
+        })
+    );
     Ok(())
 }

@@ -16,8 +16,39 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::output::Fail;
 
+/// Copy buffer per direction of a tunnel: 64 KiB moves four full TLS records per read
+/// instead of half of one (tokio's default is 8 KiB).
+pub const SPLICE_BUF: usize = 64 * 1024;
+
 /// How long a TCP connect to the controller may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// TCP connect to a host behind SPA right after a knock. The knock and the first SYN race:
+/// if the SYN arrives before the firewall opened, it is dropped and the kernel would resend
+/// it only after a second. So each attempt gets a short deadline and a fresh SYN, up to
+/// `limit` in all; a refused connection is final.
+pub async fn dial(addr: &str, limit: Duration) -> std::io::Result<tokio::net::TcpStream> {
+    let started = std::time::Instant::now();
+    // A fresh SYN every 2 ms while the knock is likely still being applied (a few ms), then
+    // doubling deadlines for slow links.
+    let mut attempt = Duration::from_millis(2);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer (is the SPA knock accepted?)",
+            ));
+        }
+        match tokio::time::timeout(attempt.min(left), tokio::net::TcpStream::connect(addr)).await {
+            Ok(r) => return r,
+            Err(_) if tries < 25 => {}
+            Err(_) => attempt = (attempt * 2).min(Duration::from_secs(1)),
+        }
+    }
+}
 
 /// How to trust the controller.
 pub enum Trust {
@@ -167,11 +198,8 @@ pub async fn request(
 ) -> Result<ControlAnswer, Fail> {
     let name = server_name(addr)?;
     let work = async {
-        // Short: a SYN dropped because the knock did not land is retried by the caller
-        // with a fresh knock, not by the kernel's backoff.
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        let tcp = dial(addr, CONNECT_TIMEOUT)
             .await
-            .map_err(|_| Fail(format!("cannot reach the controller {addr}: no answer")))?
             .map_err(|e| Fail(format!("cannot reach the controller {addr}: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(name, tcp)

@@ -68,8 +68,6 @@ pub async fn run(a: EnrollArgs) -> Result<(), Fail> {
             vec![SPA_CONTROLLER.to_string()],
             0,
         )?;
-        // Let the controller's firewall open before the SYN.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let req = ControlRequest::Enroll {
         token: hex::encode(&token.secret[..]),

@@ -23,7 +23,7 @@ use kagi_sdp::tunnel::{answer, ConnectRequest, MAX_LINE};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::control_client::{self as cc, IdentityDir};
+use crate::control_client::{self as cc, IdentityDir, SPLICE_BUF};
 use crate::output::Fail;
 use crate::perimeter_audit::{Event, Recorder};
 
@@ -313,6 +313,8 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
                 }
             },
         };
+        // Small lines (request, answer) after the handshake: no Nagle wait on delayed ACKs.
+        let _ = tcp.set_nodelay(true);
         next_id += 1;
         let acceptor = state
             .acceptor
@@ -420,8 +422,6 @@ async fn sync(
         if let Err(e) = id.knock_controller() {
             tracing::warn!(error = %e.0, "cannot knock on the controller");
         }
-        // Give the controller's firewall a moment to open before the SYN.
-        tokio::time::sleep(Duration::from_millis(20)).await;
         // After an outage ask for everything: the answer comes at once (no long poll), so
         // the link counts as up again without waiting for the next change.
         let down = link
@@ -619,7 +619,8 @@ async fn tunnel(
     let started = Instant::now();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let splice = tokio::spawn(async move {
-        let r = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        let r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, SPLICE_BUF, SPLICE_BUF)
+            .await;
         let _ = tx.send(r);
     });
     state.live.lock().unwrap_or_else(|p| p.into_inner()).insert(

@@ -428,6 +428,7 @@ async fn serve(cfg: ControllerConfig, store: PerimeterStore) -> Result<(), Fail>
                 }
             },
         };
+        let _ = tcp.set_nodelay(true);
         let (tls, ctl) = (tls.clone(), ctl.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(tls, tcp, peer, ctl).await {
