@@ -38,6 +38,8 @@ cleanup() {
 trap cleanup EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
+# (Background processes are started with ip netns exec directly, not through this function,
+# so that $! is the process itself and cleanup can stop it.)
 on() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 fail() { echo "demo: $*" >&2; exit 1; }
 # wait_for FILE TEXT: until FILE contains TEXT (10 s).
@@ -68,7 +70,7 @@ for pair in "$NS_GW:$GW" "$NS_CLI:$CLI" "$NS_CTL:$CTL"; do
 done
 
 step "2. the key service on the gateway host's loopback, and a key"
-on "$NS_GW" "$KAGI" server --dev --listen 127.0.0.1:7300 --data-dir "$DIR/kms" >"$DIR/kms.out" 2>"$DIR/kms.log" &
+ip netns exec "$NS_GW" "$KAGI" server --dev --listen 127.0.0.1:7300 --data-dir "$DIR/kms" >"$DIR/kms.out" 2>"$DIR/kms.log" &
 pids+=($!)
 wait_for "$DIR/kms.out" KAGI_TOKEN
 KAGI_TOKEN=$(sed -n 's/^export KAGI_TOKEN=//p' "$DIR/kms.out")
@@ -81,13 +83,13 @@ ctl() { on "$NS_CTL" "$KAGI" controller --config "$DIR/controller.toml" "$@"; }
 ctl set-policy "$here/policy.toml"
 GW_TOKEN=$(ctl token gw1 --ttl 15m)
 ALICE_TOKEN=$(ctl token alice --ttl 15m)
-on "$NS_CTL" "$KAGI" controller --config "$DIR/controller.toml" 2>"$DIR/controller.log" &
+ip netns exec "$NS_CTL" "$KAGI" controller --config "$DIR/controller.toml" 2>"$DIR/controller.log" &
 pids+=($!)
 wait_for "$DIR/controller.log" "kagi controller listening"
 
 step "4. the gateway enrolls with its token and starts (its TLS port hidden behind SPA)"
 on "$NS_GW" "$KAGI" enroll --controller "$CTL:8444" --token "$GW_TOKEN" --dir "$DIR/gw1"
-on "$NS_GW" "$KAGI" gateway --config "$DIR/gateway.toml" 2>"$DIR/gateway.log" &
+ip netns exec "$NS_GW" "$KAGI" gateway --config "$DIR/gateway.toml" 2>"$DIR/gateway.log" &
 pids+=($!)
 wait_for "$DIR/gateway.log" "perimeter state from the controller"
 
@@ -102,7 +104,7 @@ step "6. alice enrolls (knocking on the controller with her token's one-time key
 on "$NS_CLI" "$KAGI" enroll --controller "$CTL:8444" --token "$ALICE_TOKEN" --dir "$DIR/alice"
 
 step "7. kagi connect: SPA knock, mutual TLS, the key service on a local port"
-on "$NS_CLI" "$KAGI" connect kms --dir "$DIR/alice" --listen 127.0.0.1:7301 \
+ip netns exec "$NS_CLI" "$KAGI" connect kms --dir "$DIR/alice" --listen 127.0.0.1:7301 \
   --posture disk_encryption=true >"$DIR/connect.out" 2>"$DIR/connect.log" &
 pids+=($!)
 wait_for "$DIR/connect.out" "kagi connect"

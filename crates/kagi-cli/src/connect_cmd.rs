@@ -189,7 +189,8 @@ async fn forward(
     line: &str,
 ) -> Result<(), String> {
     let mut remote = open(gateway, connector, name, line).await?;
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUF, SPLICE_BUF)
+    let _ =
+        tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUF, SPLICE_BUF)
             .await;
     Ok(())
 }

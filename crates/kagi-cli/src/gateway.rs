@@ -56,6 +56,10 @@ struct GatewayConfig {
     grace: Option<String>,
     /// Native SPA in front of the TLS port for enrolled clients (controller mode).
     spa: Option<crate::spad::EmbeddedSpaConfig>,
+    /// Default-deny egress for this host in nftables: new outbound connections only to the
+    /// policy's service addresses and the controller (default false).
+    #[serde(default)]
+    egress: bool,
     /// SQLite audit chain of this gateway's decisions (`kagi audit verify --db FILE`).
     audit: PathBuf,
     /// Node name in audit records (default: the host name).
@@ -66,6 +70,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a sync request may take (the controller holds it up to 10 s).
 const SYNC_LIMIT: Duration = Duration::from_secs(20);
+
+/// An egress destination: address, protocol, port.
+type Destination = (std::net::IpAddr, kagi_spa::Proto, u16);
 
 /// A tunnel in use, re-decided while it lives.
 struct Live {
@@ -104,7 +111,9 @@ struct State {
     perimeter: RwLock<Option<Arc<Perimeter>>>,
     link: Option<Link>,
     live: Mutex<HashMap<u64, Live>>,
-    audit: Recorder,
+    audit: Arc<Recorder>,
+    /// Kernel egress allow-list and its fixed part (the controller), when enabled.
+    egress: Option<(kagi_firewall::Egress, Vec<Destination>)>,
 }
 
 fn deny(rule: &str, reason: String) -> Decision {
@@ -172,7 +181,28 @@ impl State {
     }
 
     fn install(&self, p: Perimeter) {
+        self.apply_egress(Some(&p.policy));
         *self.perimeter.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(p));
+    }
+
+    /// Lets new outbound connections reach only the controller and `policy`'s services.
+    fn apply_egress(&self, policy: Option<&PerimeterPolicy>) {
+        let Some((egress, fixed)) = &self.egress else {
+            return;
+        };
+        let mut allow = fixed.clone();
+        for (name, addr) in policy.iter().flat_map(|p| p.service_addresses()) {
+            match addr.parse::<SocketAddr>() {
+                Ok(a) => allow.push((a.ip(), kagi_spa::Proto::Tcp, a.port())),
+                Err(_) => {
+                    tracing::warn!(service = name, %addr, "egress needs an IP address; this service stays unreachable")
+                }
+            }
+        }
+        match egress.apply(&allow) {
+            Ok(()) => tracing::info!(destinations = allow.len(), "egress allow-list applied"),
+            Err(e) => tracing::error!(error = %e, "cannot apply the egress allow-list"),
+        }
     }
 }
 
@@ -280,8 +310,23 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Fail(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let audit = Recorder::open(&cfg.audit, cfg.node.clone())?;
+    let audit = Arc::new(Recorder::open(&cfg.audit, cfg.node.clone())?);
+    let egress = if cfg.egress {
+        let mut fixed = Vec::new();
+        if let (Some(c), Some(dir)) = (&cfg.controller, &cfg.identity_dir) {
+            let a: SocketAddr = c
+                .parse()
+                .map_err(|_| bad("egress needs the controller as IP:PORT"))?;
+            let port = IdentityDir::load(dir)?.profile.controller_spa_port;
+            fixed.push((a.ip(), kagi_spa::Proto::Tcp, a.port()));
+            fixed.push((a.ip(), kagi_spa::Proto::Udp, port));
+        }
+        Some((kagi_firewall::Egress::default(), fixed))
+    } else {
+        None
+    };
     let state = Arc::new(State {
+        egress,
         acceptor: RwLock::new(acceptor),
         perimeter: RwLock::new(initial),
         link,
@@ -289,6 +334,9 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
         audit,
     });
 
+    // Before the first state arrives: the controller only (or, in file mode, the policy).
+    let initial_policy = state.perimeter();
+    state.apply_egress(initial_policy.as_deref().map(|p| &p.policy));
     tokio::spawn(redecide(state.clone()));
     match source {
         Source::File(path) => drop(tokio::spawn(watch_file(state.clone(), path))),
@@ -296,7 +344,10 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
             drop(tokio::spawn(sync(state.clone(), *id, dir, tls, spa)))
         }
     }
-    let spa_task = spa_gate.map(|g| tokio::spawn(crate::spad::serve(g)));
+    let spa_task = spa_gate.map(|mut g| {
+        g.audit = Some(state.audit.clone());
+        tokio::spawn(crate::spad::serve(g))
+    });
     tracing::info!(listen = %cfg.listen, "kagi gateway listening");
     let shutdown = crate::server_cmd::shutdown_signal();
     tokio::pin!(shutdown);
@@ -337,6 +388,11 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     // The SPA task saw the same signal; wait for it to remove its nftables table.
     if let Some(t) = spa_task {
         let _ = t.await;
+    }
+    if let Some((egress, _)) = &state.egress {
+        if let Err(e) = egress.remove() {
+            tracing::warn!(error = %e, "cannot remove the egress table");
+        }
     }
     Ok(())
 }
@@ -619,8 +675,13 @@ async fn tunnel(
     let started = Instant::now();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let splice = tokio::spawn(async move {
-        let r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, SPLICE_BUF, SPLICE_BUF)
-            .await;
+        let r = tokio::io::copy_bidirectional_with_sizes(
+            &mut stream,
+            &mut upstream,
+            SPLICE_BUF,
+            SPLICE_BUF,
+        )
+        .await;
         let _ = tx.send(r);
     });
     state.live.lock().unwrap_or_else(|p| p.into_inner()).insert(

@@ -257,6 +257,7 @@ pub async fn run(a: SpadArgs) -> Result<(), Fail> {
         firewall: a.firewall,
         default_drop: !a.no_default_drop,
         stealth: false,
+        audit: None,
     })
     .await
 }
@@ -274,6 +275,52 @@ pub(crate) struct Gate {
     pub default_drop: bool,
     /// nftables: a stealth host (see `kagi_firewall::Nftables::stealth`).
     pub stealth: bool,
+    /// Put every decision on this audit chain too (the gateway's and controller's).
+    pub audit: Option<Arc<crate::perimeter_audit::Recorder>>,
+}
+
+/// One SPA decision for the audit chain.
+struct SpaRecord {
+    source: IpAddr,
+    client: Option<String>,
+    accepted: bool,
+    detail: String,
+}
+
+/// Refused packets recorded one by one per second; beyond that they are counted into one
+/// summary record (a flood must not turn into an audit-log flood).
+const AUDIT_REFUSALS_PER_SEC: u32 = 50;
+
+/// Records SPA decisions in order, off the receive path: a full queue drops records (counted
+/// in the next summary) rather than slowing the daemon down.
+fn spawn_spa_audit(
+    audit: Arc<crate::perimeter_audit::Recorder>,
+) -> tokio::sync::mpsc::Sender<SpaRecord> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<SpaRecord>(4096);
+    tokio::spawn(async move {
+        while let Some(r) = rx.recv().await {
+            let peer = SocketAddr::new(r.source, 0);
+            let result = audit
+                .record(crate::perimeter_audit::Event {
+                    operation: "perimeter.spa",
+                    identity: r.client.as_deref().unwrap_or("-"),
+                    peer: Some(peer),
+                    service: "",
+                    outcome: if r.accepted {
+                        kagi_audit::Outcome::Success
+                    } else {
+                        kagi_audit::Outcome::Denied
+                    },
+                    reason: r.detail,
+                    extra: &[],
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot record an SPA decision on the audit chain");
+            }
+        }
+    });
+    tx
 }
 
 /// Runs an SPA daemon until SIGINT/SIGTERM, then removes its nftables table.
@@ -287,7 +334,10 @@ pub(crate) async fn serve(g: Gate) -> Result<(), Fail> {
         firewall,
         default_drop,
         stealth,
+        audit,
     } = g;
+    let audit_tx = audit.map(spawn_spa_audit);
+    let mut audit_window = (Instant::now(), 0u32, 0u64);
     let mut cache = load_replay(&replay_path, max_age)?;
     let mut replay_file = open_replay_file(&replay_path, &cache)?;
     let std_sock =
@@ -425,6 +475,72 @@ pub(crate) async fn serve(g: Gate) -> Result<(), Fail> {
             }
         };
         let verdict = if fw_ok { "accept" } else { "error" };
+        if let Some(tx) = &audit_tx {
+            let (start, n, suppressed) = &mut audit_window;
+            if start.elapsed() >= Duration::from_secs(1) {
+                if *suppressed > 0 {
+                    let _ = tx.try_send(SpaRecord {
+                        source: IpAddr::from([0u8; 4]),
+                        client: None,
+                        accepted: false,
+                        detail: format!(
+                            "{suppressed} more refused SPA packets in one second (flood): counted, not recorded one by one"
+                        ),
+                    });
+                }
+                *start = Instant::now();
+                *n = 0;
+                *suppressed = 0;
+            }
+            for (src, o) in &decided {
+                let (client, accepted, detail) = match o {
+                    Outcome::Fwknop(Ok(g)) => (
+                        Some(g.username.clone()),
+                        fw_ok,
+                        format!("fwknop stanza {} opened {:?}", g.stanza, g.ports),
+                    ),
+                    Outcome::Native(Ok(g)) => (
+                        Some(g.client.clone()),
+                        fw_ok,
+                        format!(
+                            "opened {} for {}s{}",
+                            g.ports
+                                .iter()
+                                .map(|(p, n)| kagi_spa::port_spec(*p, *n))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            g.timeout,
+                            g.src_port
+                                .map(|p| format!(" from source port {p} only"))
+                                .unwrap_or_default()
+                        ),
+                    ),
+                    Outcome::Fwknop(Err(r)) => (None, false, r.to_string()),
+                    Outcome::Native(Err(r)) => (None, false, r.to_string()),
+                };
+                let detail = if client.is_some() && !fw_ok {
+                    format!("accepted but the firewall failed: {detail}")
+                } else {
+                    detail
+                };
+                if !accepted && client.is_none() {
+                    *n += 1;
+                    if *n > AUDIT_REFUSALS_PER_SEC {
+                        *suppressed += 1;
+                        continue;
+                    }
+                }
+                let r = SpaRecord {
+                    source: *src,
+                    client,
+                    accepted,
+                    detail,
+                };
+                if tx.try_send(r).is_err() {
+                    *suppressed += 1;
+                }
+            }
+        }
         for (src, o) in &decided {
             if !log.allow() {
                 continue;
@@ -518,6 +634,7 @@ impl EmbeddedSpaConfig {
                 firewall,
                 default_drop: true,
                 stealth: self.stealth,
+                audit: None,
             },
             native,
         ))

@@ -463,7 +463,7 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
     std::fs::write(
         d.join("gateway.toml"),
         format!(
-            "listen = \"{GW}:8443\"\ncontroller = \"{CTL}:8444\"\nidentity_dir = \"{i}\"\ngrace = \"8s\"\naudit = \"{a}\"\nnode = \"gw1\"\n\
+            "listen = \"{GW}:8443\"\ncontroller = \"{CTL}:8444\"\nidentity_dir = \"{i}\"\ngrace = \"8s\"\negress = true\naudit = \"{a}\"\nnode = \"gw1\"\n\
              [spa]\nreplay_cache = \"{r}\"\nstealth = true\n",
             i = p("gw1"),
             a = p("gateway-audit.db"),
@@ -594,6 +594,34 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
     // Egress: the gateway's host reaches port 22 on the service host, but a tunnel there is
     // refused — only what the policy allows, and nothing the policy does not name.
     assert_eq!(h.run("gw", &["python3", "-c", &format!("import socket;s=socket.create_connection(('{SVC}',22),2);print(s.recv(64).decode().strip())")]).trim(), "SSH-2.0-test");
+    // And the gateway's host itself can open new connections only to what the policy names
+    // (kernel egress allow-list): a port on the service host that the client host reaches
+    // is dropped from the gateway host.
+    let _other = Proc(
+        h.exec(
+            "svc",
+            &[
+                "python3",
+                "-c",
+                "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',2200));s.listen(8)\nwhile True:\n  c,_=s.accept();c.close()",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || h.scan(SVC, &[2200])
+        == vec![2200]));
+    let from_gw = h.run(
+        "gw",
+        &["python3", "-c", &format!("import socket\ntry:\n  socket.create_connection(('{SVC}',2200),1);print('open')\nexcept Exception as e:\n  print(type(e).__name__)")],
+    );
+    assert_eq!(
+        from_gw.trim(),
+        "TimeoutError",
+        "egress to an address outside the policy"
+    );
     for service in ["ssh", SVC] {
         let (_c, addr) = connect(&h, &id("alice"), service, &["disk_encryption=true"]);
         let got = h.run(
@@ -744,7 +772,19 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+    // SPA decisions are on the chains too: alice's accepted knocks, dave's refused one
+    // after his key was withdrawn, and the one-time token keys at the controller.
+    let g = audit_records(&gw_audit);
+    assert!(g.iter().any(|r| r["operation"] == "perimeter.spa"
+        && r["principal"] == "cert:alice"
+        && r["outcome"] == "success"));
+    assert!(g.iter().any(|r| r["operation"] == "perimeter.spa"
+        && r["outcome"] == "denied"
+        && r["source"] == CLI));
     let c = audit_records(&d.join("controller-audit.db"));
+    assert!(c.iter().any(|r| r["operation"] == "perimeter.spa"
+        && r["principal"] == "cert:token:alice"
+        && r["outcome"] == "success"));
     assert!(c.iter().any(|r| r["operation"] == "perimeter.enroll"
         && r["principal"] == "cert:alice"
         && r["outcome"] == "success"));

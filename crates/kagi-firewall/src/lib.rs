@@ -302,9 +302,78 @@ impl Firewall for Nftables {
     }
 }
 
+/// Default-deny egress for a gateway host, in its own table: new outbound TCP and UDP
+/// connections leave only for the allowed (address, protocol, port) destinations; established
+/// traffic, loopback and ICMP are untouched. A compromised process on the host cannot call
+/// out (the Log4Shell callback), and the gateway cannot be talked into connecting elsewhere.
+#[derive(Debug)]
+pub struct Egress {
+    table: String,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Self {
+            table: "kagi_egress".into(),
+        }
+    }
+}
+
+/// The egress table's text for `allow` (pure; tested).
+pub fn egress_ruleset(table: &str, allow: &[(std::net::IpAddr, Proto, u16)]) -> String {
+    let mut s = format!(
+        "table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n\
+         \tchain output {{\n\t\ttype filter hook output priority 0; policy accept;\n\
+         \t\tct state established,related accept\n\
+         \t\toifname \"lo\" accept\n"
+    );
+    for (addr, proto, port) in allow {
+        let fam = if addr.is_ipv4() { "ip" } else { "ip6" };
+        s.push_str(&format!(
+            "\t\t{fam} daddr {addr} {} dport {port} accept\n",
+            proto.as_str()
+        ));
+    }
+    s.push_str("\t\tmeta l4proto { tcp, udp } drop\n\t}\n}\n");
+    s
+}
+
+impl Egress {
+    /// Replaces the egress allow-list (one transaction: there is never a moment without it).
+    pub fn apply(&self, allow: &[(std::net::IpAddr, Proto, u16)]) -> Result<(), FirewallError> {
+        run_nft(&egress_ruleset(&self.table, allow))
+    }
+
+    /// Removes the egress table.
+    pub fn remove(&self) -> Result<(), FirewallError> {
+        let t = &self.table;
+        run_nft(&format!("table inet {t}\ndelete table inet {t}\n"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_allows_only_the_list_after_established_and_loopback() {
+        let r = egress_ruleset(
+            "kagi_egress",
+            &[
+                ("10.0.0.4".parse().unwrap(), Proto::Tcp, 7300),
+                ("fd00::3".parse().unwrap(), Proto::Udp, 62201),
+            ],
+        );
+        let pos = |needle: &str| r.find(needle).unwrap();
+        assert!(
+            pos("ct state established,related accept")
+                < pos("ip daddr 10.0.0.4 tcp dport 7300 accept")
+        );
+        assert!(
+            pos("ip6 daddr fd00::3 udp dport 62201 accept") < pos("meta l4proto { tcp, udp } drop")
+        );
+        assert!(r.contains("hook output"));
+    }
 
     #[test]
     fn ruleset_drops_protected_ports_in_its_own_table() {

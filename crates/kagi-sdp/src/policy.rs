@@ -433,6 +433,11 @@ impl PerimeterPolicy {
         self.services.get(service).map(String::as_str)
     }
 
+    /// Every service and its address (`host:port`).
+    pub fn service_addresses(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.services.iter().map(|(n, a)| (n.as_str(), a.as_str()))
+    }
+
     /// The kind of a defined identity.
     pub fn identity_kind(&self, name: &str) -> Option<IdentityKind> {
         self.identities.get(name).map(|(k, _)| *k)

@@ -335,7 +335,7 @@ struct Controller {
     ca: Ca,
     snapshot: RwLock<Arc<Snapshot>>,
     changed: tokio::sync::watch::Sender<u64>,
-    audit: Recorder,
+    audit: Arc<Recorder>,
     cert_ttl: i64,
     spa_public: String,
 }
@@ -353,7 +353,7 @@ async fn serve(cfg: ControllerConfig, store: PerimeterStore) -> Result<(), Fail>
     crate::output::init_logging();
     let ca = ensure_ca(&store)?;
     let cert_ttl = cert_ttl(&cfg)?;
-    let audit = Recorder::open(&cfg.audit, cfg.node.clone())?;
+    let audit = Arc::new(Recorder::open(&cfg.audit, cfg.node.clone())?);
 
     // Its own TLS certificate, fresh at every start, for the names clients use.
     let server_key = rcgen::KeyPair::generate().map_err(|e| Fail(e.to_string()))?;
@@ -403,7 +403,8 @@ async fn serve(cfg: ControllerConfig, store: PerimeterStore) -> Result<(), Fail>
         .await
         .map_err(|e| Fail(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let spa_task = match spa {
-        Some((gate, clients, _)) => {
+        Some((mut gate, clients, _)) => {
+            gate.audit = Some(ctl.audit.clone());
             refresh_spa_clients(&ctl, &clients);
             tokio::spawn(watch_state(ctl.clone(), Some(clients)));
             Some(tokio::spawn(crate::spad::serve(gate)))
