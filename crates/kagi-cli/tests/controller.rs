@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{is_root, kagi_bin, wait_until, Proc};
+use support::{kagi_bin, skip_unless_ready, wait_until, Proc};
 
 /// Five namespaces: a hub with a bridge, and four hosts on 10.203.30.0/24.
 struct Hosts {
@@ -115,14 +115,6 @@ impl Drop for Hosts {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn log_has(log: &Path, needle: &str) -> bool {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -209,18 +201,8 @@ fn last_connect(db: &Path, identity: &str) -> serde_json::Value {
 #[test]
 fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
     let test = "key_service_behind_controller_gateway_and_spa_on_four_hosts";
-    if !is_root() {
-        support::skip(test, "needs root for network namespaces and nftables");
+    if skip_unless_ready(test, &["nft", "python3", "tcpdump", "ping"]) {
         return;
-    }
-    for t in ["nft", "python3", "tcpdump", "ping"] {
-        if !have(t) {
-            support::skip(
-                test,
-                &format!("{t} is not installed (scripts/test installs it)"),
-            );
-            return;
-        }
     }
     let h = Hosts::new();
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{is_root, kagi_bin, wait_until, Proc};
+use support::{kagi_bin, skip_unless_ready, wait_until, Proc};
 
 /// Two hosts: `srv` (10.201.N.1, fd00:201:N::1) and `cli` (.2 and .3, fd00:201:N::2).
 struct Net {
@@ -152,31 +152,6 @@ impl Drop for Net {
             .args(["netns", "del", &self.cli])
             .status();
     }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn skip_unless_ready(test: &str, tools: &[&str]) -> bool {
-    if !is_root() {
-        support::skip(test, "needs root for network namespaces and nftables");
-        return true;
-    }
-    for t in tools {
-        if !have(t) {
-            support::skip(
-                test,
-                &format!("{t} is not installed (scripts/test installs it)"),
-            );
-            return true;
-        }
-    }
-    false
 }
 
 fn keygen() -> (String, String) {

@@ -17,5 +17,5 @@ mod tokens;
 
 pub use config::ServerConfig;
 pub use error::ServiceError;
-pub use listener::{mtls_acceptor, serve, subject_cn, tls_acceptor};
+pub use listener::{mtls_acceptor, serve, subject_cn, subject_cn_and_serial, tls_acceptor};
 pub use tokio_rustls::TlsAcceptor;

@@ -95,7 +95,13 @@ fn tls_acceptor_with(
 
 /// The subject common name of a DER certificate.
 pub fn subject_cn(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    subject_cn_and_serial(cert.as_ref()).map(|(cn, _)| cn)
+}
+
+/// The subject common name and the serial number (hex of its DER INTEGER bytes) of a DER
+/// certificate.
+pub fn subject_cn_and_serial(der: &[u8]) -> Option<(String, String)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = parsed
         .subject()
         .iter_common_name()
@@ -103,7 +109,7 @@ pub fn subject_cn(cert: &CertificateDer<'_>) -> Option<String> {
         .as_str()
         .ok()?
         .to_string();
-    Some(cn)
+    Some((cn, hex::encode(parsed.raw_serial())))
 }
 
 async fn serve_conn<I>(io: I, router: Router, info: ConnInfo)

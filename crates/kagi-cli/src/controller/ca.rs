@@ -141,15 +141,7 @@ impl Ca {
 
 /// The subject CN and serial number (hex) of a peer's DER certificate.
 pub fn peer_identity(der: &[u8]) -> Option<(String, String)> {
-    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = c
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    Some((cn, hex::encode(c.raw_serial())))
+    kagi_server::subject_cn_and_serial(der)
 }
 
 #[cfg(test)]

@@ -403,3 +403,31 @@ pub fn wait_until(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bo
     }
     false
 }
+
+/// Is `tool` on the PATH?
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// For tests in network namespaces: true (and the test is recorded as skipped, with why)
+/// unless running as root with every tool in `tools` installed.
+pub fn skip_unless_ready(test: &str, tools: &[&str]) -> bool {
+    if !is_root() {
+        skip(test, "needs root for network namespaces and nftables");
+        return true;
+    }
+    for t in tools {
+        if !have(t) {
+            skip(
+                test,
+                &format!("{t} is not installed (scripts/test installs it)"),
+            );
+            return true;
+        }
+    }
+    false
+}
