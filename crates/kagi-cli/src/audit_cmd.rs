@@ -33,6 +33,10 @@ pub enum AuditCmd {
         /// Verify a local SQLite audit store (a gateway's), with its signed checkpoints.
         #[arg(long)]
         db: Option<std::path::PathBuf>,
+        /// With --db: every checkpoint must be signed by this Ed25519 public key (hex), the
+        /// one the gateway or controller logs at start.
+        #[arg(long = "public-key", requires = "db")]
+        public_key: Option<String>,
         #[command(flatten)]
         out: Out,
     },
@@ -105,6 +109,7 @@ pub async fn run(conn: &Conn, cmd: AuditCmd) -> Result<(), Fail> {
         }
         AuditCmd::Verify {
             db: Some(path),
+            public_key,
             out,
             ..
         } => {
@@ -115,6 +120,17 @@ pub async fn run(conn: &Conn, cmd: AuditCmd) -> Result<(), Fail> {
                 .map_err(|e| Fail(format!("cannot open {}: {e}", path.display())))?;
             use kagi_store::AuditStore;
             let cps = store.checkpoints().map_err(|e| Fail(e.to_string()))?;
+            if let Some(pk) = &public_key {
+                if let Some(c) = cps
+                    .iter()
+                    .find(|c| !c.public_key.eq_ignore_ascii_case(pk.trim()))
+                {
+                    return Err(Fail(format!(
+                        "checkpoint at record {} is signed by {}, not by --public-key",
+                        c.seq, c.public_key
+                    )));
+                }
+            }
             let mut lines = Vec::new();
             let mut from = 1;
             loop {
@@ -168,6 +184,7 @@ pub async fn run(conn: &Conn, cmd: AuditCmd) -> Result<(), Fail> {
             file: None,
             db: None,
             out,
+            ..
         } => {
             let v: Value = conn.client()?.get("/v1/audit/verify").await?;
             if v["ok"].as_bool() == Some(true) {

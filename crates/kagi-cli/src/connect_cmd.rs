@@ -38,8 +38,9 @@ impl Knocker {
         }
     }
 
-    /// Knocks unless a knock within `REKNOCK` still holds the door (or `force`).
-    fn knock(&self, force: bool) -> Result<(), Fail> {
+    /// Knocks unless a knock within `REKNOCK` still holds the door (or `force`); with a
+    /// `source_port`, the knock opens only connections from that port (5-tuple pinhole).
+    fn knock(&self, force: bool, source_port: u16) -> Result<(), Fail> {
         if self.gateway.spa_public_key.is_empty() {
             return Ok(());
         }
@@ -56,7 +57,7 @@ impl Knocker {
             &cc::host_of(&self.gateway.address)?,
             self.gateway.spa_port,
             vec![kagi_sdp::control::SPA_GATEWAY.to_string()],
-            0,
+            source_port,
         )?;
         Ok(())
     }
@@ -81,6 +82,10 @@ pub struct ConnectArgs {
     /// CA that signed the gateway's certificate (PEM).
     #[arg(long = "gateway-ca", env = "KAGI_GATEWAY_CA")]
     gateway_ca: Option<PathBuf>,
+    /// Knock for each connection naming its source port, so the gateway opens only that
+    /// 5-tuple (for clients behind NAT shared with others).
+    #[arg(long = "pin-source-port")]
+    pin_source_port: bool,
     /// Benchmark: make N tunnel set-ups (each with its own knock) and print their latency.
     #[arg(long, hide = true, value_name = "N")]
     probe: Option<u32>,
@@ -154,6 +159,7 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
     std::io::stdout().flush()?;
     let line = Arc::new(request.encode());
     let gateway = Arc::new(gateway);
+    let pin = a.pin_source_port;
     let shutdown = crate::server_cmd::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -169,12 +175,25 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
             knock.clone(),
         );
         tokio::spawn(async move {
+            // With --pin-source-port every connection gets its own knock naming its source
+            // port, so another host behind the same NAT address cannot use the opening.
+            let mut source_port = 0;
             if let Some(k) = knock {
-                if let Err(e) = k.knock(false) {
+                let r = if pin {
+                    cc::free_local_port(gateway.starts_with('['))
+                        .map_err(|e| Fail(format!("no free local port: {e}")))
+                        .and_then(|p| {
+                            source_port = p;
+                            k.knock(true, p)
+                        })
+                } else {
+                    k.knock(false, 0)
+                };
+                if let Err(e) = r {
                     eprintln!("kagi connect: {}", e.0);
                 }
             }
-            if let Err(e) = forward(local, &gateway, connector, name, &line).await {
+            if let Err(e) = forward(local, &gateway, source_port, connector, name, &line).await {
                 eprintln!("kagi connect: {e}");
             }
         });
@@ -184,11 +203,12 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
 async fn forward(
     mut local: tokio::net::TcpStream,
     gateway: &str,
+    source_port: u16,
     connector: tokio_rustls::TlsConnector,
     name: rustls::pki_types::ServerName<'static>,
     line: &str,
 ) -> Result<(), String> {
-    let mut remote = open(gateway, connector, name, line).await?;
+    let mut remote = open(gateway, source_port, connector, name, line).await?;
     let _ =
         tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUF, SPLICE_BUF)
             .await;
@@ -198,11 +218,12 @@ async fn forward(
 /// TCP (retrying quickly after a knock), mutual TLS, the request line and the gateway's OK.
 async fn open(
     gateway: &str,
+    source_port: u16,
     connector: tokio_rustls::TlsConnector,
     name: rustls::pki_types::ServerName<'static>,
     line: &str,
 ) -> Result<BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, String> {
-    let tcp = cc::dial(gateway, DIAL_LIMIT)
+    let tcp = cc::dial_from(gateway, DIAL_LIMIT, source_port)
         .await
         .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;
     let _ = tcp.set_nodelay(true);
@@ -238,9 +259,9 @@ async fn probe(
     for _ in 0..n {
         let t = std::time::Instant::now();
         if let Some(k) = knock {
-            k.knock(true)?;
+            k.knock(true, 0)?;
         }
-        let s = open(gateway, connector.clone(), name.clone(), line)
+        let s = open(gateway, 0, connector.clone(), name.clone(), line)
             .await
             .map_err(Fail)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);

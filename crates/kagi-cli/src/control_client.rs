@@ -28,6 +28,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// it only after a second. So each attempt gets a short deadline and a fresh SYN, up to
 /// `limit` in all; a refused connection is final.
 pub async fn dial(addr: &str, limit: Duration) -> std::io::Result<tokio::net::TcpStream> {
+    dial_from(addr, limit, 0).await
+}
+
+/// [`dial`] from local port `local_port` (0 = any): the port a 5-tuple knock named.
+pub async fn dial_from(
+    addr: &str,
+    limit: Duration,
+    local_port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let target = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")
+    })?;
     let started = std::time::Instant::now();
     // A fresh SYN every 2 ms while the knock is likely still being applied (a few ms), then
     // doubling deadlines for slow links.
@@ -42,12 +54,33 @@ pub async fn dial(addr: &str, limit: Duration) -> std::io::Result<tokio::net::Tc
                 "no answer (is the SPA knock accepted?)",
             ));
         }
-        match tokio::time::timeout(attempt.min(left), tokio::net::TcpStream::connect(addr)).await {
+        let sock = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if local_port != 0 {
+            // An attempt that got no answer left no connection behind: the port is free again.
+            sock.set_reuseaddr(true)?;
+            let any: std::net::IpAddr = if target.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            sock.bind(std::net::SocketAddr::new(any, local_port))?;
+        }
+        match tokio::time::timeout(attempt.min(left), sock.connect(target)).await {
             Ok(r) => return r,
             Err(_) if tries < 25 => {}
             Err(_) => attempt = (attempt * 2).min(Duration::from_secs(1)),
         }
     }
+}
+
+/// A local TCP port that is free right now, for a connection to `addr`'s family.
+pub fn free_local_port(ipv6: bool) -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind(if ipv6 { "[::]:0" } else { "0.0.0.0:0" })?;
+    Ok(l.local_addr()?.port())
 }
 
 /// How to trust the controller.

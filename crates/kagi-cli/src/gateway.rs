@@ -62,6 +62,9 @@ struct GatewayConfig {
     egress: bool,
     /// SQLite audit chain of this gateway's decisions (`kagi audit verify --db FILE`).
     audit: PathBuf,
+    /// Ed25519 seed file (hex) that signs the chain's checkpoints; created if absent
+    /// (default in controller mode: `audit.key` in the identity directory).
+    audit_key: Option<PathBuf>,
     /// Node name in audit records (default: the host name).
     node: Option<String>,
 }
@@ -310,7 +313,15 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Fail(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let audit = Arc::new(Recorder::open(&cfg.audit, cfg.node.clone())?);
+    let audit_key = cfg
+        .audit_key
+        .clone()
+        .or_else(|| cfg.identity_dir.as_ref().map(|d| d.join("audit.key")));
+    let audit = Arc::new(Recorder::open(
+        &cfg.audit,
+        cfg.node.clone(),
+        audit_key.as_deref(),
+    )?);
     let egress = if cfg.egress {
         let mut fixed = Vec::new();
         if let (Some(c), Some(dir)) = (&cfg.controller, &cfg.identity_dir) {

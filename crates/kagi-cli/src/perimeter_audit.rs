@@ -26,8 +26,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens (creating) the SQLite chain at `path`.
-    pub fn open(path: &Path, node: Option<String>) -> Result<Self, Fail> {
+    /// Opens (creating) the SQLite chain at `path`; with `signing_key` (a file holding an
+    /// Ed25519 seed, hex, created mode 0600 if absent) its checkpoints are signed.
+    pub fn open(
+        path: &Path,
+        node: Option<String>,
+        signing_key: Option<&Path>,
+    ) -> Result<Self, Fail> {
         let store: Arc<dyn kagi_store::AuditStore> = Arc::new(
             kagi_store::sqlite::SqliteAuditStore::open(path).map_err(|e| {
                 Fail(format!(
@@ -38,6 +43,14 @@ impl Recorder {
         );
         let audit = kagi_audit::AuditLog::start(store)
             .map_err(|e| Fail(format!("cannot start the audit log: {e}")))?;
+        if let Some(key_path) = signing_key {
+            let key = load_signing_key(key_path)?;
+            tracing::info!(
+                public_key = %hex::encode(key.public_key()),
+                "audit checkpoints are signed with this Ed25519 key"
+            );
+            audit.set_signer(Some(key));
+        }
         Ok(Self {
             audit,
             node: node.unwrap_or_else(crate::server_cmd::host_name),
@@ -70,4 +83,30 @@ impl Recorder {
             })
             .await
     }
+}
+
+/// The Ed25519 checkpoint key in `path` (a hex seed), created if absent.
+fn load_signing_key(path: &Path) -> Result<kagi_crypto::SigningKey, Fail> {
+    if !path.exists() {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Fail(format!("{} is not a file path", path.display())))?;
+        let seed = zeroize::Zeroizing::new(hex::encode(kagi_crypto::random_array::<32>()));
+        crate::control_client::write_file(dir, name, seed.as_bytes(), true)?;
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Fail(format!("cannot read {}: {e}", path.display())))?,
+    );
+    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), &mut raw[..]).map_err(|_| {
+        Fail(format!(
+            "{} must hold 64 hex digits (an Ed25519 seed)",
+            path.display()
+        ))
+    })?;
+    kagi_crypto::SigningKey::from_seed(&kagi_crypto::SecretKey32::from_bytes(*raw))
+        .map_err(|e| Fail(format!("{}: {e}", path.display())))
 }

@@ -123,6 +123,16 @@ fn log_has(log: &Path, needle: &str) -> bool {
 
 /// `kagi connect SERVICE` on the client host with identity `dir`; the local address.
 fn connect(h: &Hosts, dir: &Path, service: &str, posture: &[&str]) -> (Proc, String) {
+    connect_with(h, dir, service, posture, &[])
+}
+
+fn connect_with(
+    h: &Hosts,
+    dir: &Path,
+    service: &str,
+    posture: &[&str],
+    flags: &[&str],
+) -> (Proc, String) {
     let mut args = vec![
         kagi_bin(),
         "connect",
@@ -130,6 +140,7 @@ fn connect(h: &Hosts, dir: &Path, service: &str, posture: &[&str]) -> (Proc, Str
         "--dir",
         dir.to_str().unwrap(),
     ];
+    args.extend_from_slice(flags);
     for p in posture {
         args.extend(["--posture", p]);
     }
@@ -150,7 +161,17 @@ fn connect(h: &Hosts, dir: &Path, service: &str, posture: &[&str]) -> (Proc, Str
 
 /// `kagi datakey generate k1` through a tunnel as identity `dir`: did it work?
 fn generate_through(h: &Hosts, dir: &Path, posture: &[&str], ks: &(String, String)) -> bool {
-    let (_c, addr) = connect(h, dir, "kms", posture);
+    generate_through_with(h, dir, posture, &[], ks)
+}
+
+fn generate_through_with(
+    h: &Hosts,
+    dir: &Path,
+    posture: &[&str],
+    flags: &[&str],
+    ks: &(String, String),
+) -> bool {
+    let (_c, addr) = connect_with(h, dir, "kms", posture, flags);
     let o = h
         .exec(
             "cli",
@@ -547,6 +568,23 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
         "rule:ops-kms"
     );
 
+    // With --pin-source-port each connection knocks for its own source port only.
+    assert!(generate_through_with(
+        &h,
+        &id("alice"),
+        &["disk_encryption=true"],
+        &["--pin-source-port"],
+        &token
+    ));
+    assert!(audit_records(&gw_audit)
+        .iter()
+        .any(|r| r["operation"] == "perimeter.spa"
+            && r["principal"] == "cert:alice"
+            && r["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("from source port")));
+
     // Refusals, each on the gateway's audit chain with what decided.
     assert!(
         !generate_through(&h, &id("alice"), &[], &token),
@@ -763,6 +801,45 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
     assert!(g.iter().any(|r| r["operation"] == "perimeter.spa"
         && r["outcome"] == "denied"
         && r["source"] == CLI));
+    // The gateway signs its chain's checkpoints with the key it logged at start.
+    let log = std::fs::read_to_string(&gw_log).unwrap();
+    let pk = log
+        .split("public_key=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the gateway logs its checkpoint key")
+        .to_string();
+    let o = Command::new(kagi_bin())
+        .args([
+            "audit",
+            "verify",
+            "--db",
+            &p("gateway-audit.db"),
+            "--public-key",
+            &pk,
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["checkpoints"].as_u64().unwrap() >= 1, "{v}");
+    let o = Command::new(kagi_bin())
+        .args([
+            "audit",
+            "verify",
+            "--db",
+            &p("gateway-audit.db"),
+            "--public-key",
+            &"00".repeat(32),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "checkpoints accepted under another key"
+    );
     let c = audit_records(&d.join("controller-audit.db"));
     assert!(c.iter().any(|r| r["operation"] == "perimeter.spa"
         && r["principal"] == "cert:token:alice"

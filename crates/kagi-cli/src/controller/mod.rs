@@ -74,6 +74,9 @@ struct ControllerConfig {
     audit: PathBuf,
     /// Node name in audit records (default: host name).
     node: Option<String>,
+    /// Ed25519 seed file (hex) signing the audit chain's checkpoints; created if absent
+    /// (default: the state file's name + `.audit-key`).
+    audit_key: Option<PathBuf>,
     /// Lifetime of issued client and gateway certificates (default 24h).
     cert_ttl: Option<String>,
     /// Native SPA in front of the TLS port.
@@ -353,7 +356,16 @@ async fn serve(cfg: ControllerConfig, store: PerimeterStore) -> Result<(), Fail>
     crate::output::init_logging();
     let ca = ensure_ca(&store)?;
     let cert_ttl = cert_ttl(&cfg)?;
-    let audit = Arc::new(Recorder::open(&cfg.audit, cfg.node.clone())?);
+    let audit_key = cfg.audit_key.clone().unwrap_or_else(|| {
+        let mut p = cfg.state.clone().into_os_string();
+        p.push(".audit-key");
+        PathBuf::from(p)
+    });
+    let audit = Arc::new(Recorder::open(
+        &cfg.audit,
+        cfg.node.clone(),
+        Some(&audit_key),
+    )?);
 
     // Its own TLS certificate, fresh at every start, for the names clients use.
     let server_key = rcgen::KeyPair::generate().map_err(|e| Fail(e.to_string()))?;
