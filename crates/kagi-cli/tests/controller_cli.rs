@@ -1,0 +1,275 @@
+//! The controller, enrollment and a controller-mode gateway on loopback without SPA (no root
+//! needed): the whole chain works, and bad input — configs, policies, tokens — is refused with
+//! one sentence and changes nothing.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::{assert_one_line_error, free_port, kagi_bin, wait_until, Proc};
+
+fn kagi(args: &[&str]) -> Output {
+    Command::new(kagi_bin()).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = kagi(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn log_has(log: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(needle)
+}
+
+#[test]
+fn controller_enrollment_and_gateway_on_loopback_and_bad_input_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let (cport, gport, sport) = (free_port(), free_port(), free_port());
+
+    // A service: echoes one line back.
+    let echo = std::net::TcpListener::bind(("127.0.0.1", sport)).unwrap();
+    std::thread::spawn(move || {
+        for c in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_ok() {
+                    let _ = (&c).write_all(line.as_bytes());
+                }
+            });
+        }
+    });
+
+    std::fs::write(
+        d.join("controller.toml"),
+        format!(
+            "listen = \"127.0.0.1:{cport}\"\nnames = [\"127.0.0.1\"]\nstate = \"{}\"\naudit = \"{}\"\n",
+            p("ctl.db"),
+            p("ctl-audit.db")
+        ),
+    )
+    .unwrap();
+    let conf = p("controller.toml");
+    let ctl = |args: &[&str]| {
+        let mut a = vec!["controller", "--config", &conf];
+        a.extend_from_slice(args);
+        kagi(&a)
+    };
+
+    // Bad input, refused with one sentence.
+    assert_one_line_error(&ctl(&["token", "alice"]), "set a policy first");
+    std::fs::write(
+        d.join("bad-policy.toml"),
+        "[[rule]]\nname = \"r\"\neffect = \"allow\"\nfrom = [\"nobody\"]\nto = [\"x\"]\n",
+    )
+    .unwrap();
+    assert_one_line_error(&ctl(&["set-policy", &p("bad-policy.toml")]), "nobody");
+    let status: serde_json::Value = serde_json::from_slice(&ctl(&["status"]).stdout).unwrap();
+    assert_eq!(status["version"], 1, "a refused policy changed the state");
+    std::fs::write(
+        d.join("empty.toml"),
+        format!("listen = \"127.0.0.1:{cport}\"\nnames = []\nstate = \"x\"\naudit = \"y\"\n"),
+    )
+    .unwrap();
+    assert_one_line_error(
+        &kagi(&["controller", "--config", &p("empty.toml")]),
+        "names",
+    );
+    assert_one_line_error(&kagi(&["controller", "status"]), "--config");
+    assert_one_line_error(
+        &kagi(&[
+            "enroll",
+            "--controller",
+            "127.0.0.1:1",
+            "--token",
+            "garbage",
+            "--dir",
+            &p("x"),
+        ]),
+        "kagi-enroll-v1.",
+    );
+    assert!(
+        !d.join("x").exists(),
+        "a refused enrollment wrote something"
+    );
+
+    std::fs::write(
+        d.join("policy.toml"),
+        format!(
+            "[[identity]]\nname = \"gw1\"\nkind = \"gateway\"\naddress = \"127.0.0.1:{gport}\"\n\
+             [[identity]]\nname = \"alice\"\nkind = \"user\"\n\
+             [[service]]\nname = \"echo\"\naddress = \"127.0.0.1:{sport}\"\ngateway = \"gw1\"\n\
+             [[rule]]\nname = \"alice-echo\"\neffect = \"allow\"\nfrom = [\"alice\"]\nto = [\"echo\"]\n"
+        ),
+    )
+    .unwrap();
+    ok(&[
+        "controller",
+        "--config",
+        &conf,
+        "set-policy",
+        &p("policy.toml"),
+    ]);
+    assert_one_line_error(
+        &ctl(&["token", "mallory"]),
+        "does not define identity mallory",
+    );
+    let t_gw = ok(&["controller", "--config", &conf, "token", "gw1"])
+        .trim()
+        .to_string();
+    let t_alice = ok(&[
+        "controller",
+        "--config",
+        &conf,
+        "token",
+        "alice",
+        "--ttl",
+        "5m",
+    ])
+    .trim()
+    .to_string();
+    // A token from another controller (another CA) is refused by the pin before anything is sent.
+    let clog = d.join("controller.log");
+    let _controller = Proc(
+        Command::new(kagi_bin())
+            .args(["controller", "--config", &conf])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&clog).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || log_has(
+        &clog,
+        "kagi controller listening"
+    )));
+    let caddr = format!("127.0.0.1:{cport}");
+    let mut wrong_pin = t_alice.clone();
+    {
+        // Flip one bit of the CA pin (bytes 32..64 of the token body).
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut raw = b64
+            .decode(wrong_pin.trim_start_matches("kagi-enroll-v1."))
+            .unwrap();
+        raw[40] ^= 1;
+        wrong_pin = format!("kagi-enroll-v1.{}", b64.encode(raw));
+    }
+    let o = kagi(&[
+        "enroll",
+        "--controller",
+        &caddr,
+        "--token",
+        &wrong_pin,
+        "--dir",
+        &p("alice"),
+    ]);
+    assert_one_line_error(&o, "not the one the enrollment token names");
+    assert!(!d.join("alice").exists());
+
+    // The real chain: gateway and alice enroll, alice reaches the service, revocation stops her.
+    ok(&[
+        "enroll",
+        "--controller",
+        &caddr,
+        "--token",
+        &t_gw,
+        "--dir",
+        &p("gw1"),
+    ]);
+    std::fs::write(
+        d.join("gateway.toml"),
+        format!(
+            "listen = \"127.0.0.1:{gport}\"\ncontroller = \"{caddr}\"\nidentity_dir = \"{}\"\naudit = \"{}\"\n",
+            p("gw1"),
+            p("gw-audit.db")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("gateway-bad.toml"),
+        format!("listen = \"127.0.0.1:{gport}\"\ncontroller = \"{caddr}\"\naudit = \"x\"\n"),
+    )
+    .unwrap();
+    assert_one_line_error(
+        &kagi(&["gateway", "--config", &p("gateway-bad.toml")]),
+        "controller and identity_dir go together",
+    );
+    let glog = d.join("gateway.log");
+    let _gateway = Proc(
+        Command::new(kagi_bin())
+            .args(["gateway", "--config", &p("gateway.toml")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&glog).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || log_has(
+        &glog,
+        "perimeter state from the controller"
+    )));
+    let e: serde_json::Value = serde_json::from_str(&ok(&[
+        "enroll",
+        "--controller",
+        &caddr,
+        "--token",
+        &t_alice,
+        "--dir",
+        &p("alice"),
+    ]))
+    .unwrap();
+    assert_eq!(e["identity"], "alice");
+    let o = kagi(&[
+        "enroll",
+        "--controller",
+        &caddr,
+        "--token",
+        &t_alice,
+        "--dir",
+        &p("alice2"),
+    ]);
+    assert_one_line_error(&o, "already used");
+
+    let echo_through = || -> Option<String> {
+        let mut c = Command::new(kagi_bin())
+            .args(["connect", "echo", "--dir", &p("alice")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::{BufRead, Read, Write};
+        std::io::BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let _c = Proc(c);
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"hello through the gateway\n").ok()?;
+        let mut got = String::new();
+        s.read_to_string(&mut got).ok()?;
+        Some(got)
+    };
+    assert_eq!(
+        echo_through().as_deref(),
+        Some("hello through the gateway\n")
+    );
+    ok(&["controller", "--config", &conf, "revoke", "alice"]);
+    assert!(wait_until(Duration::from_secs(5), || echo_through()
+        .as_deref()
+        != Some("hello through the gateway\n")));
+    assert_one_line_error(&ctl(&["revoke", "alice"]), "alice");
+}
