@@ -273,3 +273,177 @@ fn controller_enrollment_and_gateway_on_loopback_and_bad_input_refused() {
         != Some("hello through the gateway\n")));
     assert_one_line_error(&ctl(&["revoke", "alice"]), "alice");
 }
+
+/// Several controllers share their state in PostgreSQL: a token created at one is redeemed at
+/// the other, a gateway synced from the second hears of a revocation made at the first.
+#[test]
+fn two_controllers_share_state_on_postgres() {
+    let test = "two_controllers_share_state_on_postgres";
+    let Some(backend) = support::Backend::postgres(test) else {
+        return;
+    };
+    let support::Backend::Postgres { url, .. } = &backend else {
+        unreachable!("Backend::postgres returns a PostgreSQL backend")
+    };
+    let url = url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let (a_port, b_port, gport, sport) = (free_port(), free_port(), free_port(), free_port());
+    let echo = std::net::TcpListener::bind(("127.0.0.1", sport)).unwrap();
+    std::thread::spawn(move || {
+        for c in echo.incoming().flatten() {
+            use std::io::Write;
+            let _ = (&c).write_all(b"hi\n");
+        }
+    });
+    for (name, port) in [("a", a_port), ("b", b_port)] {
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nnames = [\"127.0.0.1\"]\nstate_url_env = \"KAGI_TEST_STATE\"\naudit = \"{}\"\nnode = \"ctl-{name}\"\n",
+                p(&format!("{name}-audit.db"))
+            ),
+        )
+        .unwrap();
+    }
+    let at = |name: &str, args: &[&str]| -> Output {
+        let conf = p(&format!("{name}.toml"));
+        let mut a = vec!["controller", "--config", conf.as_str()];
+        a.extend_from_slice(args);
+        Command::new(kagi_bin())
+            .args(&a)
+            .env("KAGI_TEST_STATE", &url)
+            .output()
+            .unwrap()
+    };
+    let out = |o: Output| -> String {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    std::fs::write(
+        d.join("policy.toml"),
+        format!(
+            "[[identity]]\nname = \"gw1\"\nkind = \"gateway\"\naddress = \"127.0.0.1:{gport}\"\n\
+             [[identity]]\nname = \"alice\"\nkind = \"user\"\n\
+             [[service]]\nname = \"echo\"\naddress = \"127.0.0.1:{sport}\"\ngateway = \"gw1\"\n\
+             [[rule]]\nname = \"alice-echo\"\neffect = \"allow\"\nfrom = [\"alice\"]\nto = [\"echo\"]\n"
+        ),
+    )
+    .unwrap();
+    out(at("a", &["set-policy", &p("policy.toml")]));
+    let t_gw = out(at("a", &["token", "gw1"])).trim().to_string();
+    let t_alice = out(at("a", &["token", "alice"])).trim().to_string();
+    let mut procs = Vec::new();
+    for name in ["a", "b"] {
+        let log = d.join(format!("{name}.log"));
+        procs.push(Proc(
+            Command::new(kagi_bin())
+                .args(["controller", "--config", &p(&format!("{name}.toml"))])
+                .env("KAGI_TEST_STATE", &url)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        ));
+        assert!(wait_until(Duration::from_secs(10), || log_has(
+            &log,
+            "kagi controller listening"
+        )));
+    }
+    // Tokens from A, redeemed at B (same CA: the pin holds).
+    let b_addr = format!("127.0.0.1:{b_port}");
+    ok(&[
+        "enroll",
+        "--controller",
+        &b_addr,
+        "--token",
+        &t_gw,
+        "--dir",
+        &p("gw1"),
+    ]);
+    ok(&[
+        "enroll",
+        "--controller",
+        &b_addr,
+        "--token",
+        &t_alice,
+        "--dir",
+        &p("alice"),
+    ]);
+    let status: serde_json::Value = serde_json::from_str(&out(at("a", &["status"]))).unwrap();
+    assert_eq!(
+        status["identities"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+    std::fs::write(
+        d.join("gateway.toml"),
+        format!(
+            "listen = \"127.0.0.1:{gport}\"\ncontroller = \"{b_addr}\"\nidentity_dir = \"{}\"\naudit = \"{}\"\n",
+            p("gw1"),
+            p("gw-audit.db")
+        ),
+    )
+    .unwrap();
+    let glog = d.join("gateway.log");
+    let _gateway = Proc(
+        Command::new(kagi_bin())
+            .args(["gateway", "--config", &p("gateway.toml")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&glog).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || log_has(
+        &glog,
+        "perimeter state from the controller"
+    )));
+    let reach = || -> bool {
+        let mut c = Command::new(kagi_bin())
+            .args(["connect", "echo", "--dir", &p("alice")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::{BufRead, Read};
+        std::io::BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let _c = Proc(c);
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        got == "hi\n"
+    };
+    assert!(reach());
+    // Revoked through A; the gateway listens to B.
+    out(at("a", &["revoke", "alice"]));
+    assert!(
+        wait_until(Duration::from_secs(3), || !reach()),
+        "B's gateway did not hear of A's revocation"
+    );
+    // Both controllers put every change on their own chains.
+    for name in ["a", "b"] {
+        let db = d.join(format!("{name}-audit.db"));
+        assert!(
+            wait_until(Duration::from_secs(3), || {
+                let c = rusqlite::Connection::open(&db).unwrap();
+                c.query_row(
+                    "SELECT count(*) FROM audit_records WHERE record LIKE '%alice revoked%'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap_or(0)
+                    == 1
+            }),
+            "controller {name} did not record the revocation"
+        );
+    }
+    drop(procs);
+}

@@ -54,7 +54,7 @@ const AUDIT_MIGRATIONS: &[&str] = &[
      CREATE TABLE audit_checkpoints (seq BIGINT PRIMARY KEY, body TEXT NOT NULL);",
 ];
 
-fn config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+pub(crate) fn config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     let mut cfg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Backend(format!("the PostgreSQL URL is not valid: {e}")))?;
@@ -65,7 +65,7 @@ fn config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     Ok(cfg)
 }
 
-fn pg_err(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         if *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
             return StoreError::Conflict(db.message().to_string());
@@ -98,7 +98,7 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 }
 
 /// Applies `migrations` for `component`, once, whichever node gets there first.
-async fn migrate(
+pub(crate) async fn migrate(
     client: &mut tokio_postgres::Client,
     component: &str,
     migrations: &[&str],
@@ -659,13 +659,13 @@ type Job = Box<dyn FnOnce(&mut Option<postgres::Client>) + Send>;
 
 /// A thread owning one blocking connection, reconnecting when it breaks. The audit writer is
 /// a plain thread and readers run on blocking threads, so blocking calls are right here.
-struct PgThread {
+pub(crate) struct PgThread {
     jobs: Mutex<mpsc::Sender<Job>>,
     cfg: Arc<postgres::Config>,
 }
 
 impl PgThread {
-    fn spawn(cfg: Arc<postgres::Config>, name: &str) -> Result<Self, StoreError> {
+    pub(crate) fn spawn(cfg: Arc<postgres::Config>, name: &str) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.into())
@@ -682,7 +682,7 @@ impl PgThread {
         })
     }
 
-    fn run<R: Send + 'static>(
+    pub(crate) fn run<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {

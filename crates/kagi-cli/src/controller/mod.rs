@@ -68,8 +68,12 @@ struct ControllerConfig {
     listen: SocketAddr,
     /// Host names and addresses clients use to reach it (its certificate's names).
     names: Vec<String>,
-    /// SQLite file of the perimeter state (CA, policy, identities, tokens).
-    state: PathBuf,
+    /// The perimeter state (CA, policy, identities, tokens): a SQLite file, or a
+    /// `postgres://` URL shared by several controllers.
+    state: Option<String>,
+    /// Name of an environment variable holding the `postgres://` URL (keeps the password out
+    /// of the file); instead of `state`.
+    state_url_env: Option<String>,
     /// SQLite audit chain of the controller's decisions.
     audit: PathBuf,
     /// Node name in audit records (default: host name).
@@ -154,15 +158,30 @@ fn actor() -> String {
 
 pub async fn run(a: ControllerArgs) -> Result<(), Fail> {
     let cfg = load_config(&a.config)?;
-    let store = PerimeterStore::open(&cfg.state).map_err(|e| {
-        Fail(format!(
-            "cannot open the perimeter state {}: {e}",
-            cfg.state.display()
-        ))
-    })?;
+    let store = open_state(&cfg).await?;
     match a.cmd {
         None => serve(cfg, store).await,
         Some(c) => admin(cfg, store, c),
+    }
+}
+
+async fn open_state(cfg: &ControllerConfig) -> Result<PerimeterStore, Fail> {
+    let state = match (&cfg.state, &cfg.state_url_env) {
+        (Some(s), None) => s.clone(),
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| Fail(format!("state_url_env: {var} is not set")))?
+        }
+        _ => return Err(Fail("give one of state and state_url_env".into())),
+    };
+    if state.starts_with("postgres://") || state.starts_with("postgresql://") {
+        PerimeterStore::connect_postgres(&state).await.map_err(|e| {
+            Fail(format!(
+                "cannot open the perimeter state on PostgreSQL: {e}"
+            ))
+        })
+    } else {
+        PerimeterStore::open(std::path::Path::new(&state))
+            .map_err(|e| Fail(format!("cannot open the perimeter state {state}: {e}")))
     }
 }
 
@@ -339,6 +358,7 @@ struct Controller {
     snapshot: RwLock<Arc<Snapshot>>,
     changed: tokio::sync::watch::Sender<u64>,
     audit: Arc<Recorder>,
+    node: String,
     cert_ttl: i64,
     spa_public: String,
 }
@@ -357,13 +377,17 @@ async fn serve(cfg: ControllerConfig, store: PerimeterStore) -> Result<(), Fail>
     let ca = ensure_ca(&store)?;
     let cert_ttl = cert_ttl(&cfg)?;
     let audit_key = cfg.audit_key.clone().unwrap_or_else(|| {
-        let mut p = cfg.state.clone().into_os_string();
-        p.push(".audit-key");
+        let mut p = cfg.audit.clone().into_os_string();
+        p.push(".key");
         PathBuf::from(p)
     });
+    let node = cfg
+        .node
+        .clone()
+        .unwrap_or_else(crate::server_cmd::host_name);
     let audit = Arc::new(Recorder::open(
         &cfg.audit,
-        cfg.node.clone(),
+        Some(node.clone()),
         Some(&audit_key),
     )?);
 
@@ -408,6 +432,7 @@ async fn serve(cfg: ControllerConfig, store: PerimeterStore) -> Result<(), Fail>
         snapshot: RwLock::new(Arc::new(snapshot)),
         changed,
         audit,
+        node,
         cert_ttl,
         spa_public: spa.as_ref().map(|s| s.2.clone()).unwrap_or_default(),
     });
@@ -517,9 +542,11 @@ async fn watch_state(
     ctl: Arc<Controller>,
     gate: Option<Arc<RwLock<kagi_spa::native_decision::NativeGateway>>>,
 ) {
+    // Per node: with a shared state each controller puts every change on its own chain.
+    let marker = format!("audited_change:{}", ctl.node);
     let mut audited: i64 = ctl
         .store
-        .meta("audited_change")
+        .meta(&marker)
         .ok()
         .flatten()
         .and_then(|v| v.parse().ok())
@@ -572,7 +599,7 @@ async fn watch_state(
                     break;
                 }
                 audited = c.seq;
-                let _ = ctl.store.set_meta("audited_change", &audited.to_string());
+                let _ = ctl.store.set_meta(&marker, &audited.to_string());
             }
         }
     }
