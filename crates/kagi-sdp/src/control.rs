@@ -101,8 +101,8 @@ impl EnrollToken {
     }
 }
 
-/// A request to the controller.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A request to the controller. (`Debug` leaves out the token's secret.)
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlRequest {
     /// Redeem a one-time token: get a certificate for `tls_public_key` and register the SPA key.
@@ -124,6 +124,27 @@ pub enum ControlRequest {
         /// Uncompressed P-256 point, hex.
         tls_public_key: String,
     },
+}
+
+impl std::fmt::Debug for ControlRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Enroll {
+                tls_public_key,
+                spa_public_key,
+                ..
+            } => f
+                .debug_struct("Enroll")
+                .field("tls_public_key", tls_public_key)
+                .field("spa_public_key", spa_public_key)
+                .finish_non_exhaustive(),
+            Self::Sync { since } => f.debug_struct("Sync").field("since", since).finish(),
+            Self::Renew { tls_public_key } => f
+                .debug_struct("Renew")
+                .field("tls_public_key", tls_public_key)
+                .finish(),
+        }
+    }
 }
 
 impl ControlRequest {
@@ -308,6 +329,10 @@ mod tests {
             spa_public_key: "22".repeat(32),
         };
         assert_eq!(ControlRequest::parse(ok.encode().as_bytes()).unwrap(), ok);
+        assert!(
+            !format!("{ok:?}").contains(&"00".repeat(32)),
+            "the token secret in Debug"
+        );
         let short = ok.encode().replace(&"22".repeat(32), "22");
         assert!(ControlRequest::parse(short.as_bytes())
             .unwrap_err()
