@@ -114,6 +114,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    output::raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -86,3 +86,20 @@ pub fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+/// Raises the soft open-files limit to the hard limit. Each tunnel holds two sockets, so the
+/// common soft default of 1,024 would stop a gateway or `kagi connect` near 500 tunnels (and a
+/// server near 1,000 connections) with EMFILE.
+pub fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum || (l.maximum.is_none() && l.current.is_some()) {
+        let want = Rlimit {
+            current: l.maximum,
+            maximum: l.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, want) {
+            tracing::debug!(error = %e, "cannot raise the open-files limit");
+        }
+    }
+}
