@@ -26,6 +26,53 @@ struct Knocker {
 /// Re-knock after this long (a knock opens new connections for 30 s by default).
 const REKNOCK: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often a long-running `kagi connect` checks whether its certificate is due for renewal.
+const RENEW_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Renews this identity's certificate at two thirds of its life (same key, `kagi enroll
+/// --renew`), so a `kagi connect` left running does not stop at the certificate's expiry; new
+/// connections use the new certificate.
+async fn renew_when_due(
+    dir: PathBuf,
+    connector: Arc<std::sync::RwLock<tokio_rustls::TlsConnector>>,
+) {
+    // Another process using the same directory may renew first (the old certificate then
+    // stops working): follow the certificate on disk, not only our own renewals.
+    let mut in_use = cc::IdentityDir::load(&dir)
+        .map(|i| i.cert_pem)
+        .unwrap_or_default();
+    loop {
+        tokio::time::sleep(RENEW_CHECK).await;
+        let mut id = match cc::IdentityDir::load(&dir) {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!("kagi connect: {}", e.0);
+                continue;
+            }
+        };
+        if id.renewal_due() {
+            if let Err(e) = id.renew(&dir).await {
+                eprintln!("kagi connect: cannot renew the certificate yet: {}", e.0);
+                continue;
+            }
+            eprintln!(
+                "kagi connect: certificate renewed, valid until {}",
+                id.profile.expires_at
+            );
+        } else if id.cert_pem == in_use {
+            continue;
+        }
+        match id.tls(b"kagi-connect/1") {
+            Ok(tls) => {
+                *connector.write().unwrap_or_else(|p| p.into_inner()) =
+                    tokio_rustls::TlsConnector::from(tls);
+                in_use = id.cert_pem;
+            }
+            Err(e) => eprintln!("kagi connect: {}", e.0),
+        }
+    }
+}
+
 /// How long reaching the gateway's TLS port may take.
 const DIAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -105,6 +152,7 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
     };
     // Validate locally: one clear error instead of a refusal from the gateway.
     ConnectRequest::parse(&request.encode()).map_err(|e| Fail(e.to_string()))?;
+    let mut identity_dir = None;
     let (tls, gateway, knock) = match (&a.gateway, &a.cert, &a.key, &a.gateway_ca) {
         (Some(g), Some(cert), Some(key), Some(ca)) => {
             let mut tls = kagi_client::tls_config(&kagi_client::ClientConfig {
@@ -132,6 +180,7 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
                 })?
                 .clone();
             let tls = id.tls(b"kagi-connect/1")?;
+            identity_dir = Some(dir);
             (tls, g.address.clone(), Some(Arc::new(Knocker::new(id, g))))
         }
     };
@@ -157,6 +206,10 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
     println!("kagi connect: {} on {}", a.service, listener.local_addr()?);
     use std::io::Write;
     std::io::stdout().flush()?;
+    let connector = Arc::new(std::sync::RwLock::new(connector));
+    if let Some(dir) = identity_dir {
+        tokio::spawn(renew_when_due(dir, connector.clone()));
+    }
     let line = Arc::new(request.encode());
     let gateway = Arc::new(gateway);
     let pin = a.pin_source_port;
@@ -168,7 +221,7 @@ pub async fn run(a: ConnectArgs) -> Result<(), Fail> {
             r = listener.accept() => r?,
         };
         let (connector, name, line, gateway, knock) = (
-            connector.clone(),
+            connector.read().unwrap_or_else(|p| p.into_inner()).clone(),
             server_name.clone(),
             line.clone(),
             gateway.clone(),

@@ -699,6 +699,28 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
         "cli",
         &[kagi_bin(), "enroll", "--renew", "--dir", &p("alice")],
     );
+    // A kagi connect left running renews alice's certificate by itself (checked at the end).
+    let renew_log = d.join("connect-renew.log");
+    let _long_connect = Proc(
+        h.exec(
+            "cli",
+            &[
+                kagi_bin(),
+                "connect",
+                "kms",
+                "--dir",
+                &p("alice"),
+                "--listen",
+                "127.0.0.1:7390",
+                "--posture",
+                "disk_encryption=true",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&renew_log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
     assert!(wait_until(Duration::from_secs(3), || !generate_through(
         &h,
         &id("alice-old"),
@@ -779,6 +801,29 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
         &["disk_encryption=true"],
         &token
     ));
+    assert!(
+        wait_until(Duration::from_secs(120), || log_has(
+            &renew_log,
+            "certificate renewed"
+        )),
+        "the running kagi connect did not renew: {}",
+        std::fs::read_to_string(&renew_log).unwrap_or_default()
+    );
+    let o = h
+        .exec(
+            "cli",
+            &[kagi_bin(), "datakey", "generate", "k1", "-o", "json"],
+        )
+        .env("KAGI_ADDR", "https://127.0.0.1:7390")
+        .env("KAGI_TOKEN", &token.0)
+        .env("KAGI_CACERT", &token.1)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "after renewal: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // Both chains verify; the controller's records enrollments and changes.
     for db in ["gateway-audit.db", "controller-audit.db"] {
