@@ -47,8 +47,9 @@ struct GatewayConfig {
     client_ca: Option<PathBuf>,
     /// Perimeter policy file (docs/perimeter-policy.md), re-read when it changes (file mode).
     policy: Option<PathBuf>,
-    /// The controller's TLS address (controller mode).
-    controller: Option<String>,
+    /// The controller's TLS address, or a list of controllers sharing one state (tried in
+    /// turn when one is unreachable) (controller mode).
+    controller: Option<Controllers>,
     /// This gateway's identity from `kagi enroll` (controller mode).
     identity_dir: Option<PathBuf>,
     /// How long to keep enforcing the last state while the controller is unreachable
@@ -67,6 +68,23 @@ struct GatewayConfig {
     audit_key: Option<PathBuf>,
     /// Node name in audit records (default: the host name).
     node: Option<String>,
+}
+
+/// `controller = "A"` or `controller = ["A", "B"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Controllers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Controllers {
+    fn list(&self) -> Vec<String> {
+        match self {
+            Self::One(a) => vec![a.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,6 +242,7 @@ enum Source {
     File(PathBuf),
     Controller {
         id: Box<IdentityDir>,
+        controllers: Vec<String>,
         dir: PathBuf,
         tls: kagi_server::config::TlsConfig,
         spa: Option<Arc<RwLock<kagi_spa::native_decision::NativeGateway>>>,
@@ -239,7 +258,14 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     let bad = |m: &str| Fail(format!("config {}: {m}", a.config.display()));
     let mut spa_gate = None;
     let (tls, source, initial, link) = match (&cfg.controller, &cfg.identity_dir) {
-        (Some(_), Some(dir)) => {
+        (Some(controllers), Some(dir)) => {
+            let controllers = controllers.list();
+            if controllers.is_empty() {
+                return Err(bad("controller lists no address"));
+            }
+            for c in &controllers {
+                cc::server_name(c)?;
+            }
             if cfg.policy.is_some() || cfg.cert.is_some() {
                 return Err(bad(
                     "with a controller, leave out policy, cert, key and client_ca",
@@ -276,6 +302,7 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
                 tls.clone(),
                 Source::Controller {
                     id: Box::new(id),
+                    controllers,
                     dir: dir.clone(),
                     tls,
                     spa,
@@ -325,12 +352,14 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     let egress = if cfg.egress {
         let mut fixed = Vec::new();
         if let (Some(c), Some(dir)) = (&cfg.controller, &cfg.identity_dir) {
-            let a: SocketAddr = c
-                .parse()
-                .map_err(|_| bad("egress needs the controller as IP:PORT"))?;
             let port = IdentityDir::load(dir)?.profile.controller_spa_port;
-            fixed.push((a.ip(), kagi_spa::Proto::Tcp, a.port()));
-            fixed.push((a.ip(), kagi_spa::Proto::Udp, port));
+            for c in c.list() {
+                let a: SocketAddr = c
+                    .parse()
+                    .map_err(|_| bad("egress needs each controller as IP:PORT"))?;
+                fixed.push((a.ip(), kagi_spa::Proto::Tcp, a.port()));
+                fixed.push((a.ip(), kagi_spa::Proto::Udp, port));
+            }
         }
         Some((kagi_firewall::Egress::default(), fixed))
     } else {
@@ -351,9 +380,20 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     tokio::spawn(redecide(state.clone()));
     match source {
         Source::File(path) => drop(tokio::spawn(watch_file(state.clone(), path))),
-        Source::Controller { id, dir, tls, spa } => {
-            drop(tokio::spawn(sync(state.clone(), *id, dir, tls, spa)))
-        }
+        Source::Controller {
+            id,
+            controllers,
+            dir,
+            tls,
+            spa,
+        } => drop(tokio::spawn(sync(
+            state.clone(),
+            *id,
+            controllers,
+            dir,
+            tls,
+            spa,
+        ))),
     }
     let spa_task = spa_gate.map(|mut g| {
         g.audit = Some(state.audit.clone());
@@ -439,6 +479,7 @@ async fn watch_file(state: Arc<State>, path: PathBuf) {
 async fn sync(
     state: Arc<State>,
     mut id: IdentityDir,
+    controllers: Vec<String>,
     dir: PathBuf,
     tls: kagi_server::config::TlsConfig,
     spa: Option<Arc<RwLock<kagi_spa::native_decision::NativeGateway>>>,
@@ -462,7 +503,10 @@ async fn sync(
     // Not yet synced counts as unreachable from the start.
     set_down(true);
     let mut version = 0u64;
+    // The controller in use; the next one in the list after a failure (they share a state).
+    let mut current = 0usize;
     loop {
+        id.profile.controller = controllers[current % controllers.len()].clone();
         // Short-lived certificate: renew at two thirds of its life, same key, and serve the
         // new one to clients from the next connection on.
         if id.renewal_due() {
@@ -525,8 +569,12 @@ async fn sync(
             Ok(_) => set_down(false),
             Err(e) => {
                 set_down(true);
-                tracing::warn!(error = %e.0, "controller unreachable; enforcing the last state within the grace period");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::warn!(controller = %id.profile.controller, error = %e.0, "controller unreachable; enforcing the last state within the grace period");
+                current += 1;
+                // Try the next controller at once; pause after a full round.
+                if current.is_multiple_of(controllers.len()) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }

@@ -380,7 +380,7 @@ fn two_controllers_share_state_on_postgres() {
     std::fs::write(
         d.join("gateway.toml"),
         format!(
-            "listen = \"127.0.0.1:{gport}\"\ncontroller = \"{b_addr}\"\nidentity_dir = \"{}\"\naudit = \"{}\"\n",
+            "listen = \"127.0.0.1:{gport}\"\ncontroller = [\"{b_addr}\", \"127.0.0.1:{a_port}\"]\nidentity_dir = \"{}\"\naudit = \"{}\"\n",
             p("gw1"),
             p("gw-audit.db")
         ),
@@ -428,6 +428,20 @@ fn two_controllers_share_state_on_postgres() {
         wait_until(Duration::from_secs(3), || !reach()),
         "B's gateway did not hear of A's revocation"
     );
+    // B, the gateway's first controller, goes away: the gateway fails over to A and still
+    // hears every change.
+    drop(procs.pop());
+    let v: serde_json::Value =
+        serde_json::from_str(&out(at("a", &["set-policy", &p("policy.toml")]))).unwrap();
+    let seen = format!(
+        "perimeter state from the controller version={}",
+        v["version"]
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || log_has(&glog, &seen)),
+        "the gateway did not fail over to A"
+    );
+    assert!(log_has(&glog, "controller unreachable"));
     // Both controllers put every change on their own chains.
     for name in ["a", "b"] {
         let db = d.join(format!("{name}-audit.db"));
