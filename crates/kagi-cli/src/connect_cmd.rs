@@ -105,6 +105,7 @@ impl Knocker {
             self.gateway.spa_port,
             vec![kagi_sdp::control::SPA_GATEWAY.to_string()],
             source_port,
+            None,
         )?;
         Ok(())
     }

@@ -396,6 +396,7 @@ impl IdentityDir {
             self.profile.controller_spa_port,
             vec![kagi_sdp::control::SPA_CONTROLLER.to_string()],
             0,
+            None,
         )
     }
 }

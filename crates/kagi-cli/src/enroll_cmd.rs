@@ -67,6 +67,7 @@ pub async fn run(a: EnrollArgs) -> Result<(), Fail> {
             a.spa_port,
             vec![SPA_CONTROLLER.to_string()],
             0,
+            None,
         )?;
     }
     let req = ControlRequest::Enroll {

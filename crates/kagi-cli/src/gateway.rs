@@ -257,6 +257,7 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
         .map_err(|e| Fail(format!("config {}: {}", a.config.display(), e.message())))?;
     let bad = |m: &str| Fail(format!("config {}: {m}", a.config.display()));
     let mut spa_gate = None;
+    let mut controller_spa_port = 62201;
     let (tls, source, initial, link) = match (&cfg.controller, &cfg.identity_dir) {
         (Some(controllers), Some(dir)) => {
             let controllers = controllers.list();
@@ -272,6 +273,7 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
                 ));
             }
             let id = IdentityDir::load(dir)?;
+            controller_spa_port = id.profile.controller_spa_port;
             let grace = kagi_keys::duration::parse_seconds(cfg.grace.as_deref().unwrap_or("5m"))
                 .map_err(|e| bad(&format!("grace: {e}")))?;
             let spa = match &cfg.spa {
@@ -351,8 +353,8 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
     )?);
     let egress = if cfg.egress {
         let mut fixed = Vec::new();
-        if let (Some(c), Some(dir)) = (&cfg.controller, &cfg.identity_dir) {
-            let port = IdentityDir::load(dir)?.profile.controller_spa_port;
+        if let Some(c) = &cfg.controller {
+            let port = controller_spa_port;
             for c in c.list() {
                 let a: SocketAddr = c
                     .parse()
@@ -400,23 +402,8 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
         tokio::spawn(crate::spad::serve(g))
     });
     tracing::info!(listen = %cfg.listen, "kagi gateway listening");
-    let shutdown = crate::server_cmd::shutdown_signal();
-    tokio::pin!(shutdown);
     let mut next_id = 0u64;
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Small lines (request, answer) after the handshake: no Nagle wait on delayed ACKs.
-        let _ = tcp.set_nodelay(true);
+    crate::server_cmd::accept_until_shutdown(&listener, |tcp, peer| {
         next_id += 1;
         let acceptor = state
             .acceptor
@@ -424,7 +411,7 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let (state, id) = (state.clone(), next_id);
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Err(why) = tunnel(acceptor, tcp, peer, state.clone(), id).await {
                 tracing::info!(%peer, verdict = "refused", reason = %why, "gateway decision");
             }
@@ -434,8 +421,8 @@ pub async fn run(a: GatewayArgs) -> Result<(), Fail> {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
         });
-        drop(task);
-    }
+    })
+    .await;
     // The SPA task saw the same signal; wait for it to remove its nftables table.
     if let Some(t) = spa_task {
         let _ = t.await;

@@ -271,3 +271,29 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+/// Accepts TCP connections on `listener` until SIGINT/SIGTERM and hands each to `on_conn`, with
+/// TCP_NODELAY (the perimeter's one-line requests and answers must not wait on delayed ACKs).
+/// Accept errors (EMFILE and friends) back off instead of spinning.
+pub async fn accept_until_shutdown(
+    listener: &tokio::net::TcpListener,
+    mut on_conn: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr),
+) {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        on_conn(tcp, peer);
+    }
+}

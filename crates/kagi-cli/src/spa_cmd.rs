@@ -170,7 +170,7 @@ fn knock_native(a: KnockNativeArgs) -> Result<(), Fail> {
     );
     let client =
         kagi_crypto::hpke::HpkeKeyPair::from_private(&sk).map_err(|e| Fail(e.to_string()))?;
-    send_native_knock_from(
+    send_native_knock(
         &client,
         &a.gateway_key,
         &a.server,
@@ -181,27 +181,9 @@ fn knock_native(a: KnockNativeArgs) -> Result<(), Fail> {
     )
 }
 
-/// Sends one native SPA packet from this host's address toward `server`.
+/// Sends one native SPA packet toward `server`, naming `source` as the client's address
+/// (default: this host's address toward the server).
 pub(crate) fn send_native_knock(
-    client: &kagi_crypto::hpke::HpkeKeyPair,
-    gateway_key_hex: &str,
-    server: &str,
-    port: u16,
-    services: Vec<String>,
-    source_port: u16,
-) -> Result<(), Fail> {
-    send_native_knock_from(
-        client,
-        gateway_key_hex,
-        server,
-        port,
-        services,
-        source_port,
-        None,
-    )
-}
-
-fn send_native_knock_from(
     client: &kagi_crypto::hpke::HpkeKeyPair,
     gateway_key_hex: &str,
     server: &str,

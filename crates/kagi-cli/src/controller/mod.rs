@@ -452,28 +452,15 @@ async fn serve(cfg: ControllerConfig, store: PerimeterStore) -> Result<(), Fail>
         }
     };
     tracing::info!(listen = %cfg.listen, spa = ctl.spa_public.len() == 64, "kagi controller listening");
-    let shutdown = crate::server_cmd::shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+    crate::server_cmd::accept_until_shutdown(&listener, |tcp, peer| {
         let (tls, ctl) = (tls.clone(), ctl.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(tls, tcp, peer, ctl).await {
                 tracing::info!(%peer, error = %e, "control connection refused");
             }
         });
-    }
+    })
+    .await;
     // The SPA task saw the same signal; wait for it to remove its nftables table.
     if let Some(t) = spa_task {
         let _ = t.await;
