@@ -94,6 +94,21 @@ impl Hosts {
             .collect()
     }
 
+    /// A TCP service on `host`, all addresses, `port`: sends `greeting` to each connection and
+    /// closes it.
+    fn tcp_service(&self, host: &str, port: u16, greeting: &str) -> Proc {
+        let code = format!(
+            "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',{port}));s.listen(8)\nwhile True:\n  c,_=s.accept();c.sendall({greeting:?}.encode());c.close()"
+        );
+        Proc(
+            self.exec(host, &["python3", "-c", &code])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     fn spawn_logged(&self, host: &str, args: &[&str], log: &Path) -> Proc {
         Proc(
             self.exec(host, args)
@@ -144,19 +159,7 @@ fn connect_with(
     for p in posture {
         args.extend(["--posture", p]);
     }
-    let mut c: Child = h
-        .exec("cli", &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    (Proc(c), addr)
+    support::start_connect(h.exec("cli", &args).stderr(Stdio::inherit()))
 }
 
 /// `kagi datakey generate k1` through a tunnel as identity `dir`: did it work?
@@ -316,20 +319,7 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
         ],
     );
     // Something else on the service host that no rule allows (the egress check).
-    let _ssh = Proc(
-        h.exec(
-            "svc",
-            &[
-                "python3",
-                "-c",
-                "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',22));s.listen(8)\nwhile True:\n  c,_=s.accept();c.sendall(b'SSH-2.0-test\\r\\n');c.close()",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
+    let _ssh = h.tcp_service("svc", 22, "SSH-2.0-test\r\n");
 
     // The policy: ops (alice, dave) reach kms from an encrypted disk; bob only in a window
     // that is not now; carol is known but no rule lets her in.
@@ -617,20 +607,7 @@ fn key_service_behind_controller_gateway_and_spa_on_four_hosts() {
     // And the gateway's host itself can open new connections only to what the policy names
     // (kernel egress allow-list): a port on the service host that the client host reaches
     // is dropped from the gateway host.
-    let _other = Proc(
-        h.exec(
-            "svc",
-            &[
-                "python3",
-                "-c",
-                "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',2200));s.listen(8)\nwhile True:\n  c,_=s.accept();c.close()",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
+    let _other = h.tcp_service("svc", 2200, "");
     assert!(wait_until(Duration::from_secs(5), || h.scan(SVC, &[2200])
         == vec![2200]));
     let from_gw = h.run(

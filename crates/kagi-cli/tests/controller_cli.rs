@@ -25,6 +25,45 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// A service on 127.0.0.1:`port` that echoes one line back.
+fn spawn_echo(port: u16) {
+    let echo = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for c in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_ok() {
+                    let _ = (&c).write_all(line.as_bytes());
+                }
+            });
+        }
+    });
+}
+
+const HELLO: &str = "hello through the gateway\n";
+
+/// Does a line sent through `kagi connect echo --dir DIR` come back?
+fn echo_through(dir: &str) -> bool {
+    let (_c, addr) = support::start_connect(
+        Command::new(kagi_bin())
+            .args(["connect", "echo", "--dir", dir])
+            .stderr(Stdio::null()),
+    );
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if s.write_all(HELLO.as_bytes()).is_err() {
+        return false;
+    }
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    got == HELLO
+}
+
 fn log_has(log: &Path, needle: &str) -> bool {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -39,19 +78,7 @@ fn controller_enrollment_and_gateway_on_loopback_and_bad_input_refused() {
     let (cport, gport, sport) = (free_port(), free_port(), free_port());
 
     // A service: echoes one line back.
-    let echo = std::net::TcpListener::bind(("127.0.0.1", sport)).unwrap();
-    std::thread::spawn(move || {
-        for c in echo.incoming().flatten() {
-            std::thread::spawn(move || {
-                use std::io::{BufRead, Write};
-                let mut r = std::io::BufReader::new(c.try_clone().unwrap());
-                let mut line = String::new();
-                if r.read_line(&mut line).is_ok() {
-                    let _ = (&c).write_all(line.as_bytes());
-                }
-            });
-        }
-    });
+    spawn_echo(sport);
 
     std::fs::write(
         d.join("controller.toml"),
@@ -242,35 +269,11 @@ fn controller_enrollment_and_gateway_on_loopback_and_bad_input_refused() {
     ]);
     assert_one_line_error(&o, "already used");
 
-    let echo_through = || -> Option<String> {
-        let mut c = Command::new(kagi_bin())
-            .args(["connect", "echo", "--dir", &p("alice")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        use std::io::{BufRead, Read, Write};
-        std::io::BufReader::new(c.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _c = Proc(c);
-        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"hello through the gateway\n").ok()?;
-        let mut got = String::new();
-        s.read_to_string(&mut got).ok()?;
-        Some(got)
-    };
-    assert_eq!(
-        echo_through().as_deref(),
-        Some("hello through the gateway\n")
-    );
+    assert!(echo_through(&p("alice")));
     ok(&["controller", "--config", &conf, "revoke", "alice"]);
-    assert!(wait_until(Duration::from_secs(5), || echo_through()
-        .as_deref()
-        != Some("hello through the gateway\n")));
+    assert!(wait_until(Duration::from_secs(5), || !echo_through(&p(
+        "alice"
+    ))));
     assert_one_line_error(&ctl(&["revoke", "alice"]), "alice");
 }
 
@@ -290,13 +293,7 @@ fn two_controllers_share_state_on_postgres() {
     let d = dir.path();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     let (a_port, b_port, gport, sport) = (free_port(), free_port(), free_port(), free_port());
-    let echo = std::net::TcpListener::bind(("127.0.0.1", sport)).unwrap();
-    std::thread::spawn(move || {
-        for c in echo.incoming().flatten() {
-            use std::io::Write;
-            let _ = (&c).write_all(b"hi\n");
-        }
-    });
+    spawn_echo(sport);
     for (name, port) in [("a", a_port), ("b", b_port)] {
         std::fs::write(
             d.join(format!("{name}.toml")),
@@ -399,28 +396,7 @@ fn two_controllers_share_state_on_postgres() {
         &glog,
         "perimeter state from the controller"
     )));
-    let reach = || -> bool {
-        let mut c = Command::new(kagi_bin())
-            .args(["connect", "echo", "--dir", &p("alice")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        use std::io::{BufRead, Read};
-        std::io::BufReader::new(c.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _c = Proc(c);
-        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut got = String::new();
-        let _ = s.read_to_string(&mut got);
-        got == "hi\n"
-    };
+    let reach = || echo_through(&p("alice"));
     assert!(reach());
     // Revoked through A; the gateway listens to B.
     out(at("a", &["revoke", "alice"]));

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,21 +26,15 @@ fn policy(kms: &str, allow_alice: bool) -> String {
 /// `kagi connect` as `who` for `service`; returns it and its local address.
 fn connect(d: &Path, gw: &str, who: &str, service: &str) -> (Proc, String, std::path::PathBuf) {
     let err = d.join(format!("connect-{who}-{service}.log"));
-    let mut c = Command::new(kagi_bin())
-        .args(["connect", service, "--gateway", gw])
-        .args(["--cert", d.join(format!("{who}.pem")).to_str().unwrap()])
-        .args(["--key", d.join(format!("{who}.key")).to_str().unwrap()])
-        .args(["--gateway-ca", d.join("ca.pem").to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    (Proc(c), addr, err)
+    let (c, addr) = support::start_connect(
+        Command::new(kagi_bin())
+            .args(["connect", service, "--gateway", gw])
+            .args(["--cert", d.join(format!("{who}.pem")).to_str().unwrap()])
+            .args(["--key", d.join(format!("{who}.key")).to_str().unwrap()])
+            .args(["--gateway-ca", d.join("ca.pem").to_str().unwrap()])
+            .stderr(std::fs::File::create(&err).unwrap()),
+    );
+    (c, addr, err)
 }
 
 #[test]

@@ -875,8 +875,8 @@ fn key_service_behind_spa_and_gateway_reached_with_kagi_connect() {
         .tcp_open(&cli_ip, &gw_ip, 8443)));
 
     // kagi connect on the client host, then a key operation through it.
-    let mut c = net
-        .exec(
+    let (_connect, local) = support::start_connect(
+        net.exec(
             &net.cli,
             &[
                 kagi_bin(),
@@ -892,19 +892,8 @@ fn key_service_behind_spa_and_gateway_reached_with_kagi_connect() {
                 d.join("ca.pem").to_str().unwrap(),
             ],
         )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        std::io::BufReader::new(c.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-    }
-    let _connect = Proc(c);
-    let local = line.trim().rsplit(' ').next().unwrap().to_string();
+        .stderr(Stdio::null()),
+    );
     let o = net
         .exec(
             &net.cli,

@@ -431,3 +431,15 @@ pub fn skip_unless_ready(test: &str, tools: &[&str]) -> bool {
     }
     false
 }
+
+/// Spawns a prepared `kagi connect` command (stderr as the caller set it) and waits for its
+/// `kagi connect: SERVICE on ADDR` line; returns the process and ADDR.
+pub fn start_connect(cmd: &mut Command) -> (Proc, String) {
+    let mut c = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    (Proc(c), addr)
+}
