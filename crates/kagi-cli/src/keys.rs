@@ -22,6 +22,9 @@ pub enum KeyCmd {
         /// Key type: aes256-gcm (default) or fpe.
         #[arg(long = "type")]
         key_type: Option<String>,
+        /// Directions the key works in: encrypt-decrypt (default), encrypt or decrypt.
+        #[arg(long)]
+        usage: Option<String>,
         #[command(flatten)]
         out: Out,
     },
@@ -79,6 +82,7 @@ fn human_key(v: &Value) -> String {
             "id",
             "key_type",
             "state",
+            "usage",
             "current_version",
             "created_at",
             "rotation_period",
@@ -104,8 +108,8 @@ fn human_key(v: &Value) -> String {
 pub async fn run(conn: &Conn, cmd: KeyCmd) -> Result<(), Fail> {
     let c = conn.client()?;
     let (v, out): (Value, Out) = match cmd {
-        KeyCmd::Create { name, description, rotation_period, key_type, out } => (
-            c.post("/v1/keys", &json!({"name": name, "description": description, "rotation_period": rotation_period, "key_type": key_type})).await?,
+        KeyCmd::Create { name, description, rotation_period, key_type, usage, out } => (
+            c.post("/v1/keys", &json!({"name": name, "description": description, "rotation_period": rotation_period, "key_type": key_type, "usage": usage})).await?,
             out,
         ),
         KeyCmd::List { out } => {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod audit_cmd;
+mod cloud_cmd;
 mod connect_cmd;
 mod control_client;
 mod controller;
@@ -110,6 +111,12 @@ enum Cmd {
     Controller(controller::ControllerArgs),
     /// Enroll this host with a perimeter controller using a one-time token.
     Enroll(enroll_cmd::EnrollArgs),
+    /// AWS KMS external key stores (XKS proxy): logical key stores and their credentials.
+    #[command(subcommand)]
+    Xks(cloud_cmd::XksCmd),
+    /// The AWS-KMS-compatible API: SigV4 credentials mapped to kagi policies.
+    #[command(subcommand)]
+    Aws(cloud_cmd::AwsCmd),
 }
 
 fn main() {
@@ -140,6 +147,8 @@ fn main() {
             Cmd::Connect(a) => connect_cmd::run(a).await,
             Cmd::Controller(a) => controller::run(a).await,
             Cmd::Enroll(a) => enroll_cmd::run(a).await,
+            Cmd::Xks(c) => cloud_cmd::xks(&cli.conn, c).await,
+            Cmd::Aws(c) => cloud_cmd::aws(&cli.conn, c).await,
         }
     });
     if let Err(f) = r {

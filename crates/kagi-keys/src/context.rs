@@ -15,7 +15,7 @@ pub const MAX_PAIRS: usize = 64;
 /// At most this many bytes in one key.
 pub const MAX_KEY_LEN: usize = 256;
 /// At most this many bytes in one value.
-pub const MAX_VALUE_LEN: usize = 1024;
+pub const MAX_VALUE_LEN: usize = 2048;
 
 /// An encryption context. Ordered by key, so its canonical form is unique.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

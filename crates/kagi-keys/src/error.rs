@@ -30,6 +30,9 @@ pub enum KeyModelError {
     /// An unknown justification code.
     #[error("unknown justification code {0:?}")]
     UnknownJustification(String),
+    /// An unknown key usage.
+    #[error("unknown key usage {0:?}: use encrypt-decrypt, encrypt or decrypt")]
+    InvalidUsage(String),
     /// An unknown operation name.
     #[error("unknown operation {0:?}")]
     UnknownOperation(String),

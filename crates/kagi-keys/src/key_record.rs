@@ -72,6 +72,49 @@ impl KeyType {
     }
 }
 
+/// Which directions a key works in (AWS KMS and XKS `keyUsage`). Encrypt-only keys suit a
+/// writer that must never read back; decrypt-only keys retire a key for new data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyUsage {
+    /// Both (the default).
+    #[default]
+    EncryptDecrypt,
+    /// Encrypt and generate data keys only.
+    Encrypt,
+    /// Decrypt only.
+    Decrypt,
+}
+
+impl KeyUsage {
+    /// The name shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EncryptDecrypt => "encrypt-decrypt",
+            Self::Encrypt => "encrypt",
+            Self::Decrypt => "decrypt",
+        }
+    }
+    /// Whether the key may encrypt (and generate data keys).
+    pub fn can_encrypt(self) -> bool {
+        self != Self::Decrypt
+    }
+    /// Whether the key may decrypt.
+    pub fn can_decrypt(self) -> bool {
+        self != Self::Encrypt
+    }
+}
+
+impl std::str::FromStr for KeyUsage {
+    type Err = KeyModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::EncryptDecrypt, Self::Encrypt, Self::Decrypt]
+            .into_iter()
+            .find(|u| u.as_str() == s)
+            .ok_or_else(|| KeyModelError::InvalidUsage(s.to_string()))
+    }
+}
+
 /// Lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,6 +163,9 @@ pub struct KeyRecord {
     /// Key type.
     #[serde(default)]
     pub key_type: KeyType,
+    /// Which directions it works in.
+    #[serde(default)]
+    pub usage: KeyUsage,
     /// Lifecycle state.
     pub state: KeyState,
     /// Unix seconds.
@@ -171,6 +217,7 @@ impl KeyRecord {
             name: name.to_string(),
             description: description.to_string(),
             key_type,
+            usage: KeyUsage::default(),
             state: KeyState::Enabled,
             created_at: now,
             versions: vec![VersionInfo {

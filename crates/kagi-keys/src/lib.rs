@@ -17,7 +17,7 @@ pub mod wrapped_key;
 pub use context::EncryptionContext;
 pub use error::KeyModelError;
 pub use justification::Justification;
-pub use key_record::{KeyId, KeyRecord, KeyState, KeyType, VersionInfo};
+pub use key_record::{KeyId, KeyRecord, KeyState, KeyType, KeyUsage, VersionInfo};
 pub use operation::Operation;
 pub use policy::{AccessRequest, Decision, Policy};
 pub use wrapped_key::WrappedBlob;

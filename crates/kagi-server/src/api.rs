@@ -58,7 +58,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code: "bad_request",
@@ -90,7 +90,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<Json<T>, ApiError>;
+pub(crate) type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// `Json<T>` whose rejections are JSON errors with one clear sentence.
 #[derive(Debug)]
@@ -335,6 +335,8 @@ pub struct KeyView {
     pub id: String,
     /// `aes256-gcm` or `fpe`.
     pub key_type: String,
+    /// `encrypt-decrypt`, `encrypt` or `decrypt`.
+    pub usage: String,
     /// `enabled`, `disabled`, `pending_deletion`, `destroyed`.
     pub state: String,
     /// Description.
@@ -361,6 +363,7 @@ impl From<&KeyRecord> for KeyView {
             name: k.name.clone(),
             id: k.id.to_hex(),
             key_type: k.key_type.as_str().into(),
+            usage: k.usage.as_str().into(),
             state: k.state.as_str().into(),
             description: k.description.clone(),
             current_version: k.current_version(),
@@ -405,6 +408,8 @@ pub struct CreateKeyRequest {
     pub rotation_period: Option<String>,
     /// `aes256-gcm` (default) or `fpe`.
     pub key_type: Option<String>,
+    /// `encrypt-decrypt` (default), `encrypt` or `decrypt`.
+    pub usage: Option<String>,
 }
 
 /// `POST /v1/keys/{name}/schedule-deletion`.
@@ -900,6 +905,13 @@ async fn create_key(
             )))
         }
     };
+    let usage = r
+        .usage
+        .as_deref()
+        .map(str::parse::<kagi_keys::KeyUsage>)
+        .transpose()
+        .map_err(|e| ApiError::bad(e.to_string()))?
+        .unwrap_or_default();
     let k = svc
         .create_key(
             &c,
@@ -907,6 +919,7 @@ async fn create_key(
             r.description.as_deref().unwrap_or(""),
             kt,
             period,
+            usage,
         )
         .await?;
     Ok(Json(KeyView::from(&k)))
@@ -1395,6 +1408,16 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
+/// XKS paths live under any prefix, so the router cannot name them: everything unrouted
+/// that has `/kms/xks/v1` in it goes to the XKS front-end.
+async fn fallback(state: State<AppState>, req: Request) -> Response {
+    if crate::xks_api::is_xks_path(req.uri().path()) {
+        crate::xks_api::handle(state, req).await
+    } else {
+        not_found().await.into_response()
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
@@ -1454,7 +1477,18 @@ pub fn router(svc: AppState) -> Router {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
+        .route("/v1/xks/stores", post(crate::cloud_api::add_xks_store))
+        .route(
+            "/v1/xks/rotate-credential",
+            post(crate::cloud_api::rotate_xks_credential),
+        )
+        .route("/v1/xks/config", post(crate::cloud_api::xks_config))
+        .route(
+            "/v1/aws/credentials",
+            post(crate::cloud_api::create_aws_credentials),
+        )
+        .route("/", post(crate::kms_api::handle))
+        .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(svc)

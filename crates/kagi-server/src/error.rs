@@ -13,6 +13,9 @@ pub enum ServiceError {
     /// No or unknown credentials (401).
     #[error("{0}")]
     Unauthenticated(String),
+    /// A SigV4 signature was refused (401).
+    #[error("{0}")]
+    Signature(kagi_aws::sigv4::SigV4Error),
     /// Policy refused (403).
     #[error("{0}")]
     Denied(String),
@@ -22,6 +25,23 @@ pub enum ServiceError {
     /// The key's state or an existing record forbids it (409).
     #[error("{0}")]
     Conflict(String),
+    /// The key's state forbids the operation (409): disabled, pending deletion, destroyed.
+    #[error("{message}")]
+    KeyState {
+        /// `enabled`, `disabled`, `pending_deletion`, `destroyed`.
+        state: &'static str,
+        /// The sentence.
+        message: String,
+    },
+    /// The key's usage forbids the operation (400): an encrypt-only key asked to decrypt.
+    #[error("{0}")]
+    KeyUsage(String),
+    /// A ciphertext is malformed, altered, or under another context or key (400).
+    #[error("{0}")]
+    InvalidCiphertext(String),
+    /// Too many requests for a per-store quota (429).
+    #[error("{0}")]
+    Throttled(String),
     /// The service is sealed (503).
     #[error("the key service is sealed: unseal it with `kagi operator unseal`")]
     Sealed,
@@ -41,10 +61,12 @@ impl ServiceError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",
-            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Unauthenticated(_) | Self::Signature(_) => "unauthenticated",
             Self::Denied(_) => "denied",
             Self::NotFound(_) => "not_found",
-            Self::Conflict(_) => "conflict",
+            Self::Conflict(_) | Self::KeyState { .. } => "conflict",
+            Self::KeyUsage(_) | Self::InvalidCiphertext(_) => "bad_request",
+            Self::Throttled(_) => "throttled",
             Self::Sealed => "sealed",
             Self::AuditUnavailable(_) => "audit_unavailable",
             Self::Storage(_) => "storage_unavailable",
@@ -55,8 +77,10 @@ impl ServiceError {
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Self::BadRequest(_) => 400,
-            Self::Unauthenticated(_) => 401,
+            Self::BadRequest(_) | Self::KeyUsage(_) | Self::InvalidCiphertext(_) => 400,
+            Self::KeyState { .. } => 409,
+            Self::Throttled(_) => 429,
+            Self::Unauthenticated(_) | Self::Signature(_) => 401,
             Self::Denied(_) => 403,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
@@ -86,7 +110,11 @@ impl From<StoreError> for ServiceError {
 impl From<KeyModelError> for ServiceError {
     fn from(e: KeyModelError) -> Self {
         match e {
-            KeyModelError::BadTransition { .. } => Self::Conflict(e.to_string()),
+            KeyModelError::BadTransition { state, .. } => Self::KeyState {
+                state,
+                message: e.to_string(),
+            },
+            KeyModelError::MalformedBlob(_) => Self::InvalidCiphertext(e.to_string()),
             other => Self::BadRequest(other.to_string()),
         }
     }

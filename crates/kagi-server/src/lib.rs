@@ -1,12 +1,14 @@
 //! kagi's key service. [`service::KeyService`] is the one core every protocol front-end
-//! calls (today the native `/v1` HTTP API in [`api`]); it enforces sealing, authentication,
+//! calls (the native `/v1` HTTP API in [`api`], the AWS XKS proxy API and the AWS-KMS-compatible JSON API); it enforces sealing, authentication,
 //! policy and the audit rule "no record, no operation".
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod backup;
+mod cloud_api;
 pub mod config;
 mod error;
+mod kms_api;
 mod listener;
 mod metrics;
 mod openapi;
@@ -14,6 +16,7 @@ pub mod seal;
 pub mod seal_pkcs11;
 pub mod service;
 mod tokens;
+mod xks_api;
 
 pub use config::ServerConfig;
 pub use error::ServiceError;

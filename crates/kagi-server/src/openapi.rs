@@ -7,6 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
+use crate::cloud_api::*;
 
 struct BearerAuth;
 
@@ -31,6 +32,7 @@ impl Modify for BearerAuth {
         list_policies, show_policy, write_policy, delete_policy,
         create_token, revoke_token, token_self,
         audit_records, audit_tail, audit_verify,
+        add_xks_store, rotate_xks_credential, xks_config, create_aws_credentials,
     ),
     components(schemas(ErrorBody))
 )]

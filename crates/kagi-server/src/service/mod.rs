@@ -21,6 +21,12 @@ use crate::seal::{kek_aad, MasterKey, SealRecord, SoftwareMasterKey, AUDIT_KEY_A
 use crate::tokens::{accessor, new_token, token_hash};
 use crate::ServiceError;
 
+mod cloud;
+mod xks;
+
+pub use cloud::{AwsCredential, CloudState, Credential, XksStore};
+pub use xks::{metadata_context, XksHealth, XksSealed};
+
 /// Settings the core needs from the command line or config file.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
@@ -211,6 +217,10 @@ pub struct KeyService {
     metrics: Metrics,
     /// A Shamir backup given to `restore`, held in memory until the shares verify it.
     pending_restore: Mutex<Option<crate::backup::Backup>>,
+    /// Cloud front-end credentials, signing keys, quotas.
+    cloud: Mutex<cloud::CloudCache>,
+    /// The last XKS health verdict.
+    health: Mutex<Option<(std::time::Instant, XksHealth)>>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -263,6 +273,8 @@ impl KeyService {
             lifecycle: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
             pending_restore: Mutex::new(None),
+            cloud: Mutex::default(),
+            health: Mutex::new(None),
         });
         if let Some(mut rx) = svc.store.changes() {
             // Other nodes' changes (PostgreSQL NOTIFY): drop what they made stale, so a key
@@ -363,9 +375,11 @@ impl KeyService {
     ) -> Result<T, ServiceError> {
         let (outcome, reason) = match &r {
             Ok(_) => (Outcome::Success, t.note.clone()),
-            Err(e @ (ServiceError::Denied(_) | ServiceError::Unauthenticated(_))) => {
-                (Outcome::Denied, Some(e.to_string()))
-            }
+            Err(
+                e @ (ServiceError::Denied(_)
+                | ServiceError::Unauthenticated(_)
+                | ServiceError::Signature(_)),
+            ) => (Outcome::Denied, Some(e.to_string())),
             Err(e) => (Outcome::Error, Some(e.to_string())),
         };
         self.metrics.count(t.op, outcome);
@@ -764,6 +778,10 @@ impl KeyService {
                 versions.push((id_hex.clone(), *v, new.wrap(&aad, material.expose())?));
             }
             let mut settings = Vec::new();
+            if let Some(w) = self.store.get_setting(cloud::SETTING).await? {
+                let state = u.master.unwrap(cloud::CLOUD_AAD, &w)?;
+                settings.push((cloud::SETTING.to_string(), new.wrap(cloud::CLOUD_AAD, state.expose())?));
+            }
             if let Some(w) = self.store.get_setting("audit_signing_key").await? {
                 let seed = u.master.unwrap(AUDIT_KEY_AAD, &w)?;
                 settings.push(("audit_signing_key".to_string(), new.wrap(AUDIT_KEY_AAD, seed.expose())?));
@@ -1007,6 +1025,8 @@ impl KeyService {
         *self.unsealed.write().map_err(lock_err)? = None;
         self.keys.write().map_err(lock_err)?.clear();
         self.progress.lock().map_err(lock_err)?.clear();
+        *self.cloud.lock().map_err(lock_err)? = cloud::CloudCache::default();
+        *self.health.lock().map_err(lock_err)? = None;
         self.audit.set_signer(None);
         tracing::info!("key service sealed");
         self.status()
@@ -1062,7 +1082,7 @@ impl KeyService {
             }
         }
         let rec = self.store.key_by_id(id).await?.ok_or_else(|| {
-            ServiceError::BadRequest(
+            ServiceError::InvalidCiphertext(
                 "the ciphertext was made by a key this service does not have".into(),
             )
         })?;
@@ -1081,10 +1101,13 @@ impl KeyService {
             .destroyed_at
             .and_then(|t| jiff::Timestamp::from_second(t).ok())
             .map_or("an earlier time".to_string(), |t| t.to_string());
-        ServiceError::Conflict(format!(
-            "key {} was destroyed at {when}: its material is erased and data under it cannot be decrypted",
-            rec.name
-        ))
+        ServiceError::KeyState {
+            state: "destroyed",
+            message: format!(
+                "key {} was destroyed at {when}: its material is erased and data under it cannot be decrypted",
+                rec.name
+            ),
+        }
     }
 
     fn usable(rec: &KeyRecord, action: &'static str) -> Result<(), ServiceError> {
@@ -1098,7 +1121,20 @@ impl KeyService {
                 rec.key_type.as_str()
             )));
         }
-        rec.check_usable(action).map_err(Into::into)
+        rec.check_usable(action)?;
+        let allowed = if action == "decrypt" {
+            rec.usage.can_decrypt()
+        } else {
+            rec.usage.can_encrypt()
+        };
+        if !allowed {
+            return Err(ServiceError::KeyUsage(format!(
+                "key {} is {}-only: it cannot {action}",
+                rec.name,
+                rec.usage.as_str()
+            )));
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- data keys
@@ -1195,6 +1231,17 @@ impl KeyService {
         self.finish(c, t, r).await
     }
 
+    /// `n` random bytes from the service's generator (checks `generate` without a key, so
+    /// only rules with `keys = ["*"]` allow it).
+    pub async fn generate_random(&self, c: &Caller, n: usize) -> Result<SecretBytes, ServiceError> {
+        let mut t = Trail::new("random", None, &EMPTY_CTX, None);
+        t.note = Some(format!("{n} random bytes"));
+        let r = self
+            .check(c, Operation::Generate, None, &EMPTY_CTX, None)
+            .map(|()| SecretBytes::new(kagi_crypto::random_vec(n)));
+        self.finish(c, t, r).await
+    }
+
     async fn open_blob(
         &self,
         c: &Caller,
@@ -1217,14 +1264,14 @@ impl KeyService {
         self.check(c, op, Some(&k.record.name), ctx, just)?;
         Self::usable(&k.record, "decrypt")?;
         let aead = k.versions.get(&b.version).ok_or_else(|| {
-            ServiceError::BadRequest(format!(
+            ServiceError::InvalidCiphertext(format!(
                 "key {} has no version {}",
                 k.record.name, b.version
             ))
         })?;
         let aad = WrappedBlob::aad(&b.key_id, b.version, &b.nonce, ctx);
         let plaintext = aead.open(&b.nonce, &aad, &b.ciphertext).map_err(|_| {
-            ServiceError::BadRequest(
+            ServiceError::InvalidCiphertext(
                 "decryption failed: the encryption context differs from the one the ciphertext was made with, or the ciphertext was altered".into(),
             )
         })?;
@@ -1300,13 +1347,14 @@ impl KeyService {
         description: &str,
         key_type: KeyType,
         rotation_period_secs: Option<u64>,
+        usage: kagi_keys::KeyUsage,
     ) -> Result<KeyRecord, ServiceError> {
         let mut t = Trail::new("key.create", Some(name), &EMPTY_CTX, None);
         let _g = self.lifecycle.lock().await;
         let pre = async {
             let u = self.master()?;
             self.check(c, Operation::Manage, Some(name), &EMPTY_CTX, None)?;
-            let rec = KeyRecord::new(
+            let mut rec = KeyRecord::new(
                 KeyId(kagi_crypto::random_array()),
                 name,
                 description,
@@ -1314,6 +1362,7 @@ impl KeyService {
                 rotation_period_secs,
                 now_secs(),
             )?;
+            rec.usage = usage;
             if self.store.key_by_name(name).await?.is_some() {
                 return Err(ServiceError::Conflict(format!(
                     "key {name} already exists (names of destroyed keys are not reused)"
@@ -1438,6 +1487,23 @@ impl KeyService {
             Ok(KeyRecord {
                 revision: rec.revision + 1,
                 ..rec.clone()
+            })
+        })
+        .await
+    }
+
+    /// Sets or clears automatic rotation.
+    pub async fn set_rotation_period(
+        &self,
+        c: &Caller,
+        name: &str,
+        period_secs: Option<u64>,
+    ) -> Result<KeyRecord, ServiceError> {
+        self.change_key(c, name, "key.rotation_period", |r| {
+            r.rotation_period_secs = period_secs;
+            Ok(match period_secs {
+                Some(p) => format!("rotates every {}", kagi_keys::duration::format_seconds(p)),
+                None => "automatic rotation off".into(),
             })
         })
         .await
