@@ -39,6 +39,15 @@ pub struct ServerArgs {
     /// Node name in audit records (default: the host name).
     #[arg(long, requires = "dev")]
     node: Option<String>,
+    /// Customer notification webhook (dev; the HMAC secret is read from KAGI_NOTIFY_SECRET).
+    #[arg(long = "notify-url", requires = "dev", value_name = "URL")]
+    notify_url: Option<String>,
+    /// Delivery attempts per notification (dev; default 5).
+    #[arg(long = "notify-attempts", requires = "notify_url")]
+    notify_attempts: Option<u32>,
+    /// Wait before the second attempt, doubled after each (dev; default 1s; e.g. 200ms).
+    #[arg(long = "notify-backoff", requires = "notify_url")]
+    notify_backoff: Option<String>,
 }
 
 pub fn host_name() -> String {
@@ -137,6 +146,19 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
         allow_immediate_deletion: true,
         cert_principals: Default::default(),
         hsm: None,
+        notify: a
+            .notify_url
+            .as_deref()
+            .map(|u| {
+                kagi_server::notify::NotifyConfig::new(
+                    u,
+                    "KAGI_NOTIFY_SECRET",
+                    a.notify_attempts,
+                    a.notify_backoff.as_deref(),
+                )
+            })
+            .transpose()
+            .map_err(Fail)?,
     };
     let svc = KeyService::open(store, audit, opts)
         .await
@@ -211,6 +233,12 @@ async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
         allow_immediate_deletion: cfg.allow_immediate_deletion,
         cert_principals: cfg.auth.certificates.clone(),
         hsm,
+        notify: cfg
+            .notify
+            .as_ref()
+            .map(|n| n.resolve())
+            .transpose()
+            .map_err(Fail)?,
     };
     let svc = KeyService::open(store, audit, opts)
         .await

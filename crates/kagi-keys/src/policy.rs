@@ -13,7 +13,10 @@
 //! time = [{ days = ["tue"], start = "02:00", end = "04:00", tz = "Asia/Tokyo" }]
 //! ```
 //! A request is allowed when some rule allows it and no rule denies it; everything else is
-//! denied. Operations without a key (audit, policy and token management) match only rules
+//! denied. A rule with `effect = "notify"` decides nothing: each use it matches (allowed or
+//! not) is sent to the customer's notification webhook ([`notifications`]), e.g. every use
+//! with justification `THIRD_PARTY_DATA_REQUEST`, or every XKS call by one IAM principal
+//! (`context = { "xks:awsPrincipalArn" = "arn:aws:iam::*:role/support-*" }`). Operations without a key (audit, policy and token management) match only rules
 //! whose `keys` contain the bare `"*"`.
 
 use std::collections::BTreeMap;
@@ -65,6 +68,8 @@ pub enum Effect {
     Allow,
     /// Refuses the operation, whatever else allows it.
     Deny,
+    /// Decides nothing; each matching use notifies the customer.
+    Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +247,7 @@ pub fn decide<'p>(
                     Effect::Allow => {
                         allow.get_or_insert(label);
                     }
+                    Effect::Notify => {}
                 }
             }
         }
@@ -252,9 +258,57 @@ pub fn decide<'p>(
     }
 }
 
+/// The notify rules of `policies` that match `req`, as `policy NAME rule N`.
+pub fn notifications<'p>(
+    policies: impl IntoIterator<Item = (&'p str, &'p Policy)>,
+    req: &AccessRequest<'_>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, p) in policies {
+        for (i, r) in p.rules.iter().enumerate() {
+            if r.effect == Effect::Notify && r.matches(req) {
+                out.push(format!("policy {name} rule {}", i + 1));
+            }
+        }
+    }
+    out
+}
+
+impl Policy {
+    /// Whether any rule is a notify rule (so callers can skip the work otherwise).
+    pub fn has_notify(&self) -> bool {
+        self.rules.iter().any(|r| r.effect == Effect::Notify)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notify_rules_decide_nothing_and_name_themselves() {
+        let p = Policy::parse(
+            r#"
+[[rule]]
+effect = "notify"
+keys = ["*"]
+operations = ["*"]
+[rule.when]
+justifications = ["THIRD_PARTY_DATA_REQUEST"]
+"#,
+        )
+        .unwrap();
+        assert!(p.has_notify());
+        let ctx = EncryptionContext::empty();
+        let mut r = req(Operation::Decrypt, Some("k1"), &ctx);
+        assert!(!decide([("n", &p)], &r).allowed, "notify must not allow");
+        assert!(notifications([("n", &p)], &r).is_empty());
+        r.justification = Some(Justification::ThirdPartyDataRequest);
+        assert_eq!(
+            notifications([("n", &p)], &r),
+            vec!["policy n rule 1".to_string()]
+        );
+    }
 
     fn req<'a>(
         op: Operation,

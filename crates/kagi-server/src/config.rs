@@ -125,6 +125,34 @@ pub struct AuthConfig {
     pub certificates: BTreeMap<String, Vec<String>>,
 }
 
+/// `[notify]`: the customer's webhook for uses that policies' `notify` rules match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyFileConfig {
+    /// `https://...` (or `http://` on a trusted network).
+    pub url: String,
+    /// Environment variable holding the HMAC secret for `X-Kagi-Signature`.
+    pub secret_env: String,
+    /// Attempts per notification (default 5).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Wait before the second attempt, doubled after each (default `1s`).
+    #[serde(default)]
+    pub backoff: Option<String>,
+}
+
+impl NotifyFileConfig {
+    /// The delivery settings, with the secret read from the environment.
+    pub fn resolve(&self) -> Result<crate::notify::NotifyConfig, String> {
+        crate::notify::NotifyConfig::new(
+            &self.url,
+            &self.secret_env,
+            self.max_attempts,
+            self.backoff.as_deref(),
+        )
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +176,9 @@ pub struct ServerConfig {
     /// Certificate principals.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Customer notification webhook.
+    #[serde(default)]
+    pub notify: Option<NotifyFileConfig>,
 }
 
 impl ServerConfig {

@@ -11,6 +11,7 @@ mod error;
 mod kms_api;
 mod listener;
 mod metrics;
+pub mod notify;
 mod openapi;
 pub mod seal;
 pub mod seal_pkcs11;

@@ -28,10 +28,16 @@ impl Drop for Server {
 impl Server {
     /// `kagi server --dev --listen 127.0.0.1:0 --data-dir DIR [extra...]`.
     pub fn dev(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::dev_env(data_dir, extra, &[])
+    }
+
+    /// As [`dev`](Self::dev), with extra environment variables for the server.
+    pub fn dev_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(kagi_bin());
         cmd.args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = cmd.spawn().unwrap();

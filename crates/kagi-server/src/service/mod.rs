@@ -40,6 +40,8 @@ pub struct ServiceOptions {
     pub cert_principals: BTreeMap<String, Vec<String>>,
     /// `[seal] type = "pkcs11"`: the HSM-held master key (auto-unseal).
     pub hsm: Option<Arc<dyn MasterKey>>,
+    /// `[notify]`: the customer's webhook for uses that `notify` rules match.
+    pub notify: Option<crate::notify::NotifyConfig>,
 }
 
 /// An HSM master key shared between the options and the unsealed state.
@@ -221,6 +223,8 @@ pub struct KeyService {
     cloud: Mutex<cloud::CloudCache>,
     /// The last XKS health verdict.
     health: Mutex<Option<(std::time::Instant, XksHealth)>>,
+    /// Sends customer notifications (when configured).
+    notifier: Option<crate::notify::Notifier>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -259,6 +263,10 @@ impl KeyService {
                 }
             }
         }
+        let notifier = opts
+            .notify
+            .clone()
+            .map(|cfg| crate::notify::Notifier::start(cfg, audit.clone(), opts.node.clone()));
         let svc = Arc::new(Self {
             store,
             audit,
@@ -275,6 +283,7 @@ impl KeyService {
             pending_restore: Mutex::new(None),
             cloud: Mutex::default(),
             health: Mutex::new(None),
+            notifier,
         });
         if let Some(mut rx) = svc.store.changes() {
             // Other nodes' changes (PostgreSQL NOTIFY): drop what they made stale, so a key
@@ -383,6 +392,10 @@ impl KeyService {
             Err(e) => (Outcome::Error, Some(e.to_string())),
         };
         self.metrics.count(t.op, outcome);
+        let notify = match &self.notifier {
+            Some(_) => self.notify_rules(c, &t)?,
+            None => Vec::new(),
+        };
         let ev = AuditEvent {
             time: AuditEvent::now_string(),
             node: self.opts.node.clone(),
@@ -397,8 +410,45 @@ impl KeyService {
             outcome,
             reason,
         };
-        self.audit.record(ev).await?;
+        match (&self.notifier, notify.is_empty()) {
+            (Some(n), false) => {
+                self.audit.record(ev.clone()).await?;
+                n.notify(notify, ev);
+            }
+            _ => {
+                self.audit.record(ev).await?;
+            }
+        }
         r
+    }
+
+    /// The notify rules of the caller's policies that this use matches.
+    fn notify_rules(&self, c: &Caller, t: &Trail<'_>) -> Result<Vec<String>, ServiceError> {
+        let Ok(operation) = t.op.parse::<Operation>() else {
+            return Ok(Vec::new());
+        };
+        if c.policies.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pols = self.policies.read().map_err(lock_err)?;
+        let set: Vec<(&str, &Policy)> = c
+            .policies
+            .iter()
+            .filter_map(|n| pols.get(n).map(|p| (n.as_str(), p.as_ref())))
+            .filter(|(_, p)| p.has_notify())
+            .collect();
+        if set.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = AccessRequest {
+            operation,
+            key: t.key.as_deref(),
+            context: t.ctx,
+            justification: t.just,
+            source: c.source,
+            now: jiff::Timestamp::now(),
+        };
+        Ok(kagi_keys::policy::notifications(set, &req))
     }
 
     /// Records a change before it is made (fail closed), then makes it; a failure to make
