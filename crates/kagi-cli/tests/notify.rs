@@ -86,6 +86,17 @@ operations = ["*"]
 justifications = ["THIRD_PARTY_DATA_REQUEST"]
 "#;
 
+/// Key `k1` and a token whose policy `app` allows everything and notifies
+/// `THIRD_PARTY_DATA_REQUEST` uses.
+fn app_token(srv: &Server, dir: &std::path::Path) -> String {
+    srv.ok(&["key", "create", "k1"]);
+    policy(srv, dir, "app", APP_POLICY);
+    srv.json(&["token", "create", "--policy", "app"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn audit_records(srv: &Server) -> Vec<serde_json::Value> {
     srv.ok(&["audit", "export", "--format", "jsonl"])
         .lines()
@@ -102,12 +113,7 @@ fn notify_rules_send_signed_webhooks() {
         &["--notify-url", &url],
         &[("KAGI_NOTIFY_SECRET", SECRET)],
     );
-    srv.ok(&["key", "create", "k1"]);
-    policy(&srv, dir.path(), "app", APP_POLICY);
-    let token = srv.json(&["token", "create", "--policy", "app"])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = app_token(&srv, dir.path());
     let as_app = |args: &[&str]| {
         let o = srv.kagi_as(&token, args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -251,12 +257,7 @@ fn a_dead_receiver_blocks_nothing_and_failures_are_audited() {
         ],
         &[("KAGI_NOTIFY_SECRET", SECRET)],
     );
-    srv.ok(&["key", "create", "k1"]);
-    policy(&srv, dir.path(), "app", APP_POLICY);
-    let token = srv.json(&["token", "create", "--policy", "app"])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = app_token(&srv, dir.path());
     // Every key operation succeeds while nobody receives the notifications.
     for _ in 0..5 {
         let o = srv.kagi_as(

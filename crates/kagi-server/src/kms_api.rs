@@ -10,11 +10,11 @@ use axum::response::Response;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use kagi_aws::kms::{self, KeyRef, KmsError, Op};
-use kagi_aws::sigv4::{self, RequestParts};
 use kagi_keys::{EncryptionContext, KeyRecord, KeyState, KeyType, KeyUsage};
 use serde_json::{json, Value};
 
-use crate::api::{AppState, ConnInfo, MAX_BODY};
+use crate::api::{AppState, MAX_BODY};
+use crate::aws_http::read_signed;
 use crate::service::{Caller, DataKeySpec};
 use crate::ServiceError;
 
@@ -68,9 +68,8 @@ struct Call<'a> {
 }
 
 async fn serve(svc: AppState, req: Request) -> Result<Value, KmsError> {
-    let (mut parts, body) = req.into_parts();
-    let target = parts
-        .headers
+    let target = req
+        .headers()
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
@@ -80,40 +79,22 @@ async fn serve(svc: AppState, req: Request) -> Result<Value, KmsError> {
             )
         })?
         .to_string();
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        KmsError::validation(format!("the request body is larger than {MAX_BODY} bytes"))
-    })?;
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, a);
-        }
-    }
-    let signed = RequestParts {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        headers: &parts.headers,
-        body: &body,
-    };
-    let pending = sigv4::prepare(&signed, kms::SERVICE, jiff::Timestamp::now().as_second());
-    let region = pending
+    let req = read_signed(req, MAX_BODY, kms::SERVICE)
+        .await
+        .ok_or_else(|| {
+            KmsError::validation(format!("the request body is larger than {MAX_BODY} bytes"))
+        })?;
+    let region = req
+        .pending
         .as_ref()
         .map(|p| p.auth.region.clone())
         .unwrap_or_default();
-    let anon = Caller::anonymous(
-        parts.extensions.get::<ConnInfo>().map(|c| c.peer.ip()),
-        hex::encode(kagi_crypto::random_array::<12>()),
-    );
     let caller = svc
-        .aws_authenticate(&pending, anon)
+        .aws_authenticate(&req.pending, req.anonymous())
         .await
         .map_err(from_service)?;
     let op = Op::from_target(&target)?;
-    let r: kms::Request = kms::parse_body(&body)?;
+    let r: kms::Request = kms::parse_body(&req.body)?;
     let call = Call {
         svc: &svc,
         caller,

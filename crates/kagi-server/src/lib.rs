@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod aws_http;
 pub mod backup;
 mod cloud_api;
 pub mod config;

@@ -6,11 +6,11 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use kagi_aws::sigv4::{self, RequestParts};
 use kagi_aws::xks::{self, ErrorName, Route, XksError};
 
-use crate::api::{AppState, ConnInfo};
-use crate::service::{metadata_context, Caller};
+use crate::api::AppState;
+use crate::aws_http::read_signed;
+use crate::service::metadata_context;
 use crate::ServiceError;
 
 /// Largest XKS request body read (plaintext and AAD limits with base64 and JSON around them).
@@ -69,9 +69,8 @@ pub async fn handle(State(svc): State<AppState>, req: Request) -> Response {
 }
 
 async fn serve(svc: AppState, req: Request) -> Result<Response, XksError> {
-    let (mut parts, body) = req.into_parts();
-    let (prefix, route) = xks::parse_path(parts.uri.path())?;
-    if parts.method != Method::POST {
+    let (prefix, route) = xks::parse_path(req.uri().path())?;
+    if req.method() != Method::POST {
         let mut r = error(XksError::new(
             ErrorName::ValidationException,
             "XKS API calls are POST; for a load balancer's health check use GET /v1/health/ready",
@@ -81,51 +80,25 @@ async fn serve(svc: AppState, req: Request) -> Result<Response, XksError> {
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return Ok(r);
     }
-    let body = axum::body::to_bytes(body, MAX_XKS_BODY)
+    let req = read_signed(req, MAX_XKS_BODY, xks::SERVICE)
         .await
-        .map_err(|_| {
+        .ok_or_else(|| {
             XksError::new(
                 ErrorName::ValidationException,
                 format!("the request body is larger than {MAX_XKS_BODY} bytes"),
             )
         })?;
-    // Over HTTP/2 the host is the :authority, which SigV4 signs as `host`.
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, a);
-        }
-    }
-    let signed = RequestParts {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        headers: &parts.headers,
-        body: &body,
-    };
-    let pending = sigv4::prepare(&signed, xks::SERVICE, jiff::Timestamp::now().as_second());
-    let conn = parts.extensions.get::<ConnInfo>();
-    let caller = Caller::anonymous(
-        conn.map(|c| c.peer.ip()),
-        hex::encode(kagi_crypto::random_array::<12>()),
-    );
+    let cert_cn = req.conn().and_then(|c| c.cert_cn.as_deref());
     let mut caller = svc
-        .xks_authenticate(
-            &prefix,
-            &pending,
-            conn.and_then(|c| c.cert_cn.as_deref()),
-            caller,
-        )
+        .xks_authenticate(&prefix, &req.pending, cert_cn, req.anonymous())
         .await
         .map_err(|e| from_service(e, true))?;
+    let body = &req.body;
     let op = |e| from_service(e, false);
 
     match route {
         Route::Health => {
-            let r: xks::MetadataOnlyRequest = xks::parse_body(&body)?;
+            let r: xks::MetadataOnlyRequest = xks::parse_body(body)?;
             let m = xks::require_metadata(r.request_metadata, false)?;
             caller.request_id = m.kms_request_id.clone().unwrap_or_default();
             let h = svc.xks_health().await.map_err(op)?;
@@ -143,7 +116,7 @@ async fn serve(svc: AppState, req: Request) -> Result<Response, XksError> {
             Ok(ok_json(&resp))
         }
         Route::Metadata(key) => {
-            let r: xks::MetadataOnlyRequest = xks::parse_body(&body)?;
+            let r: xks::MetadataOnlyRequest = xks::parse_body(body)?;
             let m = xks::require_metadata(r.request_metadata, true)?;
             let ctx = metadata_context(&m).map_err(op)?;
             caller.request_id = m.kms_request_id.unwrap_or_default();
@@ -167,7 +140,7 @@ async fn serve(svc: AppState, req: Request) -> Result<Response, XksError> {
             }))
         }
         Route::Encrypt(key) => {
-            let input = xks::parse_body::<xks::EncryptRequest>(&body)?.decode()?;
+            let input = xks::parse_body::<xks::EncryptRequest>(body)?.decode()?;
             let ctx = metadata_context(&input.metadata).map_err(op)?;
             caller.request_id = input.metadata.kms_request_id.clone().unwrap_or_default();
             let s = svc
@@ -192,7 +165,7 @@ async fn serve(svc: AppState, req: Request) -> Result<Response, XksError> {
             }))
         }
         Route::Decrypt(key) => {
-            let input = xks::parse_body::<xks::DecryptRequest>(&body)?.decode()?;
+            let input = xks::parse_body::<xks::DecryptRequest>(body)?.decode()?;
             let ctx = metadata_context(&input.metadata).map_err(op)?;
             caller.request_id = input.metadata.kms_request_id.clone().unwrap_or_default();
             let p = svc

@@ -44,6 +44,18 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+impl Credential {
+    /// A fresh XKS credential.
+    fn new() -> Self {
+        let (access_key_id, secret) = kagi_aws::new_credential("KAGIXKS");
+        Self {
+            access_key_id,
+            secret,
+            created_at: now_secs(),
+        }
+    }
+}
+
 /// An XKS logical key store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct XksStore {
@@ -215,12 +227,7 @@ impl KeyService {
             }
             policies
         };
-        let (id, secret) = kagi_aws::new_credential("KAGIXKS");
-        let cred = Credential {
-            access_key_id: id,
-            secret,
-            created_at: now_secs(),
-        };
+        let cred = Credential::new();
         let out = cred.clone();
         let p2 = prefix.clone();
         self.change_cloud(c, "xks.add_store", move |s| {
@@ -258,12 +265,7 @@ impl KeyService {
         prefix: &str,
     ) -> Result<(String, Credential), ServiceError> {
         let prefix = kagi_aws::xks::normalize_prefix(prefix).map_err(ServiceError::BadRequest)?;
-        let (id, secret) = kagi_aws::new_credential("KAGIXKS");
-        let cred = Credential {
-            access_key_id: id,
-            secret,
-            created_at: now_secs(),
-        };
+        let cred = Credential::new();
         let out = cred.clone();
         let p2 = prefix.clone();
         self.change_cloud(c, "xks.rotate_credential", move |s| {

@@ -235,6 +235,24 @@ impl std::fmt::Debug for KeyService {
     }
 }
 
+/// A fresh master key split into `shares` Shamir shares, `threshold` of which rebuild it.
+fn new_shamir_master(
+    shares: u8,
+    threshold: u8,
+) -> Result<(SoftwareMasterKey, SealRecord, Vec<SecretBytes>), ServiceError> {
+    if threshold < 1 || shares < threshold {
+        return Err(ServiceError::BadRequest(format!(
+            "need 1 <= threshold <= shares <= 255, got threshold {threshold} of {shares} shares"
+        )));
+    }
+    let key = SecretKey32::generate();
+    let parts = kagi_crypto::shamir::split(key.expose(), threshold as usize, shares as usize)
+        .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+    let master = SoftwareMasterKey::new(&key);
+    let rec = SealRecord::new("shamir", shares, threshold, &master)?;
+    Ok((master, rec, parts))
+}
+
 fn lock_err<T>(_: T) -> ServiceError {
     ServiceError::Internal("a lock was poisoned by an earlier panic".into())
 }
@@ -793,16 +811,7 @@ impl KeyService {
                     let (Some(n), Some(m)) = (shares, threshold) else {
                         return Err(ServiceError::BadRequest("migrating to Shamir needs shares and threshold".into()));
                     };
-                    if m < 1 || n < m {
-                        return Err(ServiceError::BadRequest(format!(
-                            "need 1 <= threshold <= shares <= 255, got threshold {m} of {n} shares"
-                        )));
-                    }
-                    let key = SecretKey32::generate();
-                    let parts = kagi_crypto::shamir::split(key.expose(), m as usize, n as usize)
-                        .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-                    let master = SoftwareMasterKey::new(&key);
-                    let rec = SealRecord::new("shamir", n, m, &master)?;
+                    let (master, rec, parts) = new_shamir_master(n, m)?;
                     (Box::new(master), rec, parts)
                 }
                 other => {
@@ -958,16 +967,7 @@ impl KeyService {
                     "Shamir sealing needs shares and threshold (kagi operator init --shares N --threshold M)".into(),
                 ));
             };
-            if threshold < 1 || shares < threshold {
-                return Err(ServiceError::BadRequest(format!(
-                    "need 1 <= threshold <= shares <= 255, got threshold {threshold} of {shares} shares"
-                )));
-            }
-            let key = SecretKey32::generate();
-            let parts = kagi_crypto::shamir::split(key.expose(), threshold as usize, shares as usize)
-                .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-            let master = SoftwareMasterKey::new(&key);
-            let rec = SealRecord::new("shamir", shares, threshold, &master)?;
+            let (master, rec, parts) = new_shamir_master(shares, threshold)?;
             let seed = SecretKey32::generate();
             self.store.put_setting("audit_signing_key", &master.wrap(AUDIT_KEY_AAD, seed.expose())?).await?;
             self.store.put_setting("seal", &serde_json::to_vec(&rec).map_err(|e| ServiceError::Internal(e.to_string()))?).await?;
