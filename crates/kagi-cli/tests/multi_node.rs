@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,72 @@ fn two_nodes_share_keys_and_the_kill_switch() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Cloud credentials made on one node (kept wrapped in the shared store) are accepted by
+    // the other without a restart: an XKS store, its rotation, and KMS API credentials.
+    let store = n2.json(&["xks", "add-store", "shared"]);
+    let sigv4 = |node: &Server, service: &str, user: String, path: &str, target: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "--aws-sigv4",
+        ])
+        .arg(format!("aws:amz:us-east-1:{service}"))
+        .arg("--user")
+        .arg(user)
+        .args(["-H", "Content-Type: application/json"]);
+        if let Some(t) = target {
+            c.args(["-H", &format!("X-Amz-Target: {t}")]);
+        }
+        c.args([
+            "-d",
+            r#"{"requestMetadata":{"kmsOperation":"KmsHealthCheck","kmsRequestId":"m"}}"#,
+        ])
+        .arg(format!("{}{path}", node.addr));
+        String::from_utf8(c.output().unwrap().stdout).unwrap()
+    };
+    let user = |v: &serde_json::Value| {
+        format!(
+            "{}:{}",
+            v["access_key_id"].as_str().unwrap(),
+            v["secret_access_key"].as_str().unwrap()
+        )
+    };
+    let xks_ok = |cred: &serde_json::Value| {
+        sigv4(
+            &a,
+            "kms-xks-proxy",
+            user(cred),
+            "/shared/kms/xks/v1/health",
+            None,
+        ) == "200"
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(10), || xks_ok(&store)),
+        "an XKS store made on node b is not accepted by node a"
+    );
+    let rotated = n2.json(&["xks", "rotate-credential", "shared"]);
+    assert!(support::wait_until(Duration::from_secs(10), || xks_ok(
+        &rotated
+    )));
+    assert!(
+        xks_ok(&store),
+        "the previous credential stops working at the first rotation"
+    );
+    let aws = n2.json(&["aws", "create-credentials", "--policy", "app"]);
+    assert!(support::wait_until(Duration::from_secs(10), || sigv4(
+        &a,
+        "kms",
+        user(&aws),
+        "/",
+        Some("TrentService.ListKeys")
+    ) == "200"));
+
     // One audit chain, written by both nodes, verifies from either.
     for n in [&a, &n2] {
         assert!(n.ok(&["audit", "verify"]).contains("verified"));

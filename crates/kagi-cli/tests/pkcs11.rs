@@ -227,11 +227,19 @@ fn seal_migrates_from_shamir_to_the_hsm_and_back() {
             s.ok(&["key", "rotate", "k1"]);
         }
     }
+    // Cloud credentials are wrapped by the master key too: they must survive every migration.
+    let xks = s.json(&["xks", "add-store", "migrating"]);
     let check = |s: &Server| {
         for (ct, pt) in &blobs {
             let got = s.json(&["datakey", "decrypt", ct, "--context", "t=1"]);
             assert_eq!(got["plaintext"].as_str().unwrap(), pt);
         }
+        let cfg: serde_json::Value =
+            serde_json::from_str(&s.ok(&["xks", "config", "migrating"])).unwrap();
+        assert_eq!(
+            cfg["XksProxyAuthenticationCredential"]["RawSecretAccessKey"],
+            xks["secret_access_key"]
+        );
         assert!(s.ok(&["audit", "verify"]).contains("verified"));
     };
     drop(s);
