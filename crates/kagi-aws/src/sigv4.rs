@@ -221,6 +221,7 @@ pub struct RequestParts<'a> {
 /// RFC 3986 encoding as SigV4 wants it: everything but unreserved characters (and `/` when
 /// `keep_slash`) as `%XX`, upper-case hex.
 fn uri_encode(s: &[u8], keep_slash: bool, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in s {
         if b.is_ascii_alphanumeric()
             || matches!(b, b'-' | b'_' | b'.' | b'~')
@@ -228,7 +229,9 @@ fn uri_encode(s: &[u8], keep_slash: bool, out: &mut String) {
         {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
         }
     }
 }
@@ -272,20 +275,34 @@ fn canonical_query(query: &str) -> String {
     joined.join("&")
 }
 
-/// The header's values as SigV4 canonicalizes them: trimmed, inner runs of spaces collapsed,
-/// repeated headers joined with commas.
-fn canonical_header_value(headers: &HeaderMap, name: &str) -> Result<String, SigV4Error> {
-    let mut values = Vec::new();
+/// Appends the header's values as SigV4 canonicalizes them: trimmed, inner runs of spaces
+/// collapsed, repeated headers joined with commas.
+fn push_canonical_header_value(
+    headers: &HeaderMap,
+    name: &str,
+    out: &mut String,
+) -> Result<(), SigV4Error> {
+    let mut any = false;
     for v in headers.get_all(name) {
         let s = v
             .to_str()
             .map_err(|_| SigV4Error::BadHeaderValue(name.to_string()))?;
-        values.push(s.split_whitespace().collect::<Vec<_>>().join(" "));
+        if any {
+            out.push(',');
+        }
+        any = true;
+        for (i, word) in s.split_whitespace().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(word);
+        }
     }
-    if values.is_empty() {
-        return Err(SigV4Error::MissingSignedHeader(name.to_string()));
+    if any {
+        Ok(())
+    } else {
+        Err(SigV4Error::MissingSignedHeader(name.to_string()))
     }
-    Ok(values.join(","))
 }
 
 /// `hex(SHA-256(body))`, checked against `x-amz-content-sha256` when the client sent it.
@@ -316,7 +333,7 @@ pub fn canonical_request(
     for h in signed_headers {
         out.push_str(h);
         out.push(':');
-        out.push_str(&canonical_header_value(req.headers, h)?);
+        push_canonical_header_value(req.headers, h, &mut out)?;
         out.push('\n');
     }
     out.push('\n');
@@ -350,10 +367,26 @@ pub fn signing_key(secret: &[u8], date: &str, region: &str, service: &str) -> Si
 
 /// Parses `YYYYMMDDTHHMMSSZ` into unix seconds.
 pub fn parse_amz_date(s: &str) -> Option<i64> {
-    if s.len() != 16 || !s.is_ascii() {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
-    let dt = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", s).ok()?;
+    let num = |r: std::ops::Range<usize>| -> Option<i32> {
+        b[r].iter().try_fold(0i32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i32::from(c - b'0'))
+        })
+    };
+    let narrow = |v: i32| i8::try_from(v).ok();
+    let dt = jiff::civil::DateTime::new(
+        i16::try_from(num(0..4)?).ok()?,
+        narrow(num(4..6)?)?,
+        narrow(num(6..8)?)?,
+        narrow(num(9..11)?)?,
+        narrow(num(11..13)?)?,
+        narrow(num(13..15)?)?,
+        0,
+    )
+    .ok()?;
     Some(
         dt.to_zoned(jiff::tz::TimeZone::UTC)
             .ok()?
@@ -602,6 +635,24 @@ mod tests {
             &(ok.clone() + ", Signature=00"),
         ] {
             assert!(matches!(Authorization::parse(bad), Err(SigV4Error::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn amz_dates() {
+        assert_eq!(parse_amz_date("19700101T000001Z"), Some(1));
+        assert_eq!(
+            parse_amz_date(&format_amz_date(1_790_000_000)),
+            Some(1_790_000_000)
+        );
+        for bad in [
+            "20260230T000000Z",
+            "2026010 T000000Z",
+            "20260101T000000",
+            "20260101T246000Z",
+            "２０260101T00000Z",
+        ] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
         }
     }
 

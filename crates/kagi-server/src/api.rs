@@ -186,7 +186,7 @@ fn request_meta(parts: &Parts) -> (Option<std::net::IpAddr>, String) {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| hex::encode(kagi_crypto::random_array::<12>()));
+        .unwrap_or_else(crate::service::new_request_id);
     (source, rid)
 }
 

@@ -55,7 +55,7 @@ impl SignedRequest {
     pub fn anonymous(&self) -> Caller {
         Caller::anonymous(
             self.conn().map(|c| c.peer.ip()),
-            hex::encode(kagi_crypto::random_array::<12>()),
+            crate::service::new_request_id(),
         )
     }
 

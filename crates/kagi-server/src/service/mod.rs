@@ -74,6 +74,21 @@ pub struct Caller {
     pub token_hash: Option<[u8; 32]>,
 }
 
+/// A fresh request id: 24 hex digits, a random per-process prefix and a counter, so ids are
+/// unique across nodes and restarts without a call into the system's random generator for
+/// every request.
+pub fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PREFIX: std::sync::LazyLock<[u8; 8]> =
+        std::sync::LazyLock::new(kagi_crypto::random_array::<8>);
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut id = [0u8; 12];
+    id[..8].copy_from_slice(&*PREFIX);
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    hex::encode(id)
+}
+
 impl Caller {
     /// An unauthenticated caller (init, unseal, status).
     pub fn anonymous(source: Option<IpAddr>, request_id: String) -> Self {
