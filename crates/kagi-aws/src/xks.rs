@@ -22,8 +22,8 @@ pub const API_PATH: &str = "/kms/xks/v1";
 pub const MAX_PLAINTEXT: usize = 8192;
 /// Largest AAD accepted (the spec asks for at least 8,192 bytes).
 pub const MAX_AAD: usize = 16384;
-/// Longest ARN or other metadata string accepted (the spec: ARNs up to 2,048).
-pub const MAX_METADATA_FIELD: usize = 4096;
+/// Longest ARN or other metadata string accepted (the spec: ARNs up to 2,048; policy context values hold as much).
+pub const MAX_METADATA_FIELD: usize = 2048;
 const DOMAIN: &[u8] = b"kagi-xks-v1\0";
 /// Format byte of kagi's ciphertext metadata.
 const METADATA_V1: u8 = 1;

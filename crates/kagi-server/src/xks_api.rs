@@ -14,7 +14,7 @@ use crate::service::metadata_context;
 use crate::ServiceError;
 
 /// Largest XKS request body read (plaintext and AAD limits with base64 and JSON around them).
-const MAX_XKS_BODY: usize = 64 << 10;
+const MAX_XKS_BODY: usize = 128 << 10;
 
 /// Whether a path is an XKS API path (so the router sends it here).
 pub fn is_xks_path(path: &str) -> bool {
