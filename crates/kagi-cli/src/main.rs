@@ -18,6 +18,7 @@ mod perimeter_audit;
 mod server_cmd;
 mod spa_cmd;
 mod spad;
+mod tokenize_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -117,6 +118,10 @@ enum Cmd {
     /// The AWS-KMS-compatible API: SigV4 credentials mapped to kagi policies.
     #[command(subcommand)]
     Aws(cloud_cmd::AwsCmd),
+    /// Format-preserving tokens (FF1) for values, one per line in input order.
+    Tokenize(tokenize_cmd::TokenizeArgs),
+    /// The values behind format-preserving tokens.
+    Detokenize(tokenize_cmd::DetokenizeArgs),
 }
 
 fn main() {
@@ -149,6 +154,8 @@ fn main() {
             Cmd::Enroll(a) => enroll_cmd::run(a).await,
             Cmd::Xks(c) => cloud_cmd::xks(&cli.conn, c).await,
             Cmd::Aws(c) => cloud_cmd::aws(&cli.conn, c).await,
+            Cmd::Tokenize(a) => tokenize_cmd::tokenize(&cli.conn, a).await,
+            Cmd::Detokenize(a) => tokenize_cmd::detokenize(&cli.conn, a).await,
         }
     });
     if let Err(f) = r {

@@ -22,6 +22,9 @@ pub enum CryptoError {
     /// Shamir split or combine refused its input.
     #[error("secret sharing failed: {0}")]
     Shares(&'static str),
+    /// FF1 refused its input (radix, numerals, domain too small).
+    #[error("format-preserving encryption refused the input: {0}")]
+    Fpe(String),
     /// The underlying library refused a key (should not happen for correct lengths).
     #[error("the crypto library refused the key")]
     KeyRejected,

@@ -7,6 +7,7 @@
 mod aead;
 mod digest;
 mod error;
+pub mod ff1;
 pub mod hpke;
 pub mod legacy;
 mod random;

@@ -1477,6 +1477,8 @@ pub fn router(svc: AppState) -> Router {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
+        .route("/v1/tokenize", post(crate::tokens_api::tokenize))
+        .route("/v1/detokenize", post(crate::tokens_api::detokenize))
         .route("/v1/xks/stores", post(crate::cloud_api::add_xks_store))
         .route(
             "/v1/xks/rotate-credential",

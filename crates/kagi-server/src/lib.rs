@@ -18,6 +18,7 @@ pub mod seal;
 pub mod seal_pkcs11;
 pub mod service;
 mod tokens;
+mod tokens_api;
 mod xks_api;
 
 pub use config::ServerConfig;

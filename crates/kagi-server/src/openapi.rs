@@ -8,6 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
 use crate::cloud_api::*;
+use crate::tokens_api::*;
 
 struct BearerAuth;
 
@@ -33,6 +34,7 @@ impl Modify for BearerAuth {
         create_token, revoke_token, token_self,
         audit_records, audit_tail, audit_verify,
         add_xks_store, rotate_xks_credential, xks_config, create_aws_credentials,
+        tokenize, detokenize,
     ),
     components(schemas(ErrorBody))
 )]

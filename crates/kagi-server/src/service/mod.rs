@@ -22,6 +22,7 @@ use crate::tokens::{accessor, new_token, token_hash};
 use crate::ServiceError;
 
 mod cloud;
+mod tokens_fpe;
 mod xks;
 
 pub use cloud::{AwsCredential, CloudState, Credential, XksStore};
@@ -118,6 +119,8 @@ impl Caller {
 struct LoadedKey {
     record: KeyRecord,
     versions: HashMap<u32, AeadKey>,
+    /// FF1 per version, for `fpe` keys.
+    tokenizers: HashMap<u32, kagi_token::Tokenizer>,
 }
 
 /// Where the master key came from this time.
@@ -1102,17 +1105,24 @@ impl KeyService {
     async fn load(&self, rec: KeyRecord) -> Result<Arc<LoadedKey>, ServiceError> {
         let u = self.master()?;
         let mut versions = HashMap::new();
+        let mut tokenizers = HashMap::new();
         if rec.state != KeyState::Destroyed {
             for (v, wrapped) in self.store.key_versions(&rec.id).await? {
                 let material = u.master.unwrap(&kek_aad(&rec.id, v, &rec.name), &wrapped)?;
                 let k = SecretKey32::from_slice(material.expose())
                     .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                if rec.key_type == KeyType::Fpe {
+                    let t = kagi_token::Tokenizer::new(&k)
+                        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                    tokenizers.insert(v, t);
+                }
                 versions.insert(v, AeadKey::new(&k));
             }
         }
         let lk = Arc::new(LoadedKey {
             record: rec,
             versions,
+            tokenizers,
         });
         self.ids
             .write()
