@@ -5,6 +5,7 @@
 mod admin;
 mod audit_cmd;
 mod cloud_cmd;
+mod compliance_cmd;
 mod connect_cmd;
 mod control_client;
 mod controller;
@@ -122,6 +123,9 @@ enum Cmd {
     Tokenize(tokenize_cmd::TokenizeArgs),
     /// The values behind format-preserving tokens.
     Detokenize(tokenize_cmd::DetokenizeArgs),
+    /// CAIQ-style answers to key-management control questions, from live state.
+    #[command(subcommand)]
+    Compliance(compliance_cmd::ComplianceCmd),
 }
 
 fn main() {
@@ -156,6 +160,7 @@ fn main() {
             Cmd::Aws(c) => cloud_cmd::aws(&cli.conn, c).await,
             Cmd::Tokenize(a) => tokenize_cmd::tokenize(&cli.conn, a).await,
             Cmd::Detokenize(a) => tokenize_cmd::detokenize(&cli.conn, a).await,
+            Cmd::Compliance(c) => compliance_cmd::run(&cli.conn, c).await,
         }
     });
     if let Err(f) = r {

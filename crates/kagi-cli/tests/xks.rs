@@ -167,4 +167,21 @@ fn xks_conformance_over_mutual_tls() {
     // Every check in the script ran (a check that silently stopped running would lower it).
     assert!(passed >= 55, "only {passed} checks ran:\n{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
+
+    // With Shamir shares the compliance report says the customer holds the master key.
+    let r: serde_json::Value = serde_json::from_slice(
+        &kagi(&srv.token, &["compliance", "report", "--format", "json"]).stdout,
+    )
+    .unwrap();
+    let custody = r["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["control"] == "10.1.2")
+        .unwrap();
+    assert_eq!(custody["answer"], "Yes");
+    assert!(custody["comment"]
+        .as_str()
+        .unwrap()
+        .contains("1 Shamir shares"));
 }

@@ -275,6 +275,17 @@ pub fn notifications<'p>(
 }
 
 impl Policy {
+    /// Whether some rule refuses (`deny`) or notifies (`notify`) uses that carry justification
+    /// `j` — for reports on how third-party requests are treated.
+    pub fn treats_justification(&self, j: Justification) -> (bool, bool) {
+        let has = |e: Effect| {
+            self.rules
+                .iter()
+                .any(|r| r.effect == e && r.justifications.contains(&j))
+        };
+        (has(Effect::Deny), has(Effect::Notify))
+    }
+
     /// Whether any rule is a notify rule (so callers can skip the work otherwise).
     pub fn has_notify(&self) -> bool {
         self.rules.iter().any(|r| r.effect == Effect::Notify)

@@ -1334,6 +1334,12 @@ async fn audit_tail(
     responses((status = 200, body = VerifyView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn audit_verify(State(svc): State<AppState>, Authed(c): Authed) -> ApiResult<VerifyView> {
     svc.authorize_audit(&c, "audit.verify").await?;
+    Ok(Json(verify_chain(&svc).await?))
+}
+
+/// Verifies the whole audit chain and its checkpoints, and that it reaches what this server
+/// wrote.
+pub(crate) async fn verify_chain(svc: &AppState) -> Result<VerifyView, ApiError> {
     let store = svc.audit().store().clone();
     let head = svc
         .audit()
@@ -1389,7 +1395,7 @@ async fn audit_verify(State(svc): State<AppState>, Authed(c): Authed) -> ApiResu
         })
     })
     .await?;
-    Ok(Json(view))
+    Ok(view)
 }
 
 async fn metrics(State(svc): State<AppState>) -> Response {
@@ -1477,6 +1483,7 @@ pub fn router(svc: AppState) -> Router {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
+        .route("/v1/compliance/report", get(crate::compliance::report))
         .route("/v1/tokenize", post(crate::tokens_api::tokenize))
         .route("/v1/detokenize", post(crate::tokens_api::detokenize))
         .route("/v1/xks/stores", post(crate::cloud_api::add_xks_store))

@@ -7,6 +7,7 @@ pub mod api;
 mod aws_http;
 pub mod backup;
 mod cloud_api;
+pub mod compliance;
 pub mod config;
 mod error;
 mod kms_api;

@@ -8,6 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
 use crate::cloud_api::*;
+use crate::compliance::*;
 use crate::tokens_api::*;
 
 struct BearerAuth;
@@ -34,7 +35,7 @@ impl Modify for BearerAuth {
         create_token, revoke_token, token_self,
         audit_records, audit_tail, audit_verify,
         add_xks_store, rotate_xks_credential, xks_config, create_aws_credentials,
-        tokenize, detokenize,
+        tokenize, detokenize, report,
     ),
     components(schemas(ErrorBody))
 )]

@@ -22,10 +22,12 @@ use crate::tokens::{accessor, new_token, token_hash};
 use crate::ServiceError;
 
 mod cloud;
+mod compliance_facts;
 mod tokens_fpe;
 mod xks;
 
 pub use cloud::{AwsCredential, CloudState, Credential, XksStore};
+pub use compliance_facts::ComplianceFacts;
 pub use xks::{metadata_context, XksHealth, XksSealed};
 
 /// Settings the core needs from the command line or config file.
