@@ -48,6 +48,17 @@ pub struct ServerArgs {
     /// Wait before the second attempt, doubled after each (dev; default 1s; e.g. 200ms).
     #[arg(long = "notify-backoff", requires = "notify_url")]
     notify_backoff: Option<String>,
+    /// Forward the audit log as syslog to tcp://HOST:PORT (dev).
+    #[arg(
+        long = "forward-to",
+        requires = "dev",
+        requires = "forward_cursor",
+        value_name = "URL"
+    )]
+    forward_to: Option<String>,
+    /// The forwarding cursor file (dev).
+    #[arg(long = "forward-cursor", requires = "forward_to", value_name = "FILE")]
+    forward_cursor: Option<PathBuf>,
 }
 
 pub fn host_name() -> String {
@@ -160,10 +171,26 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
             .transpose()
             .map_err(Fail)?,
     };
+    let forward = match (&a.forward_to, &a.forward_cursor) {
+        (Some(to), Some(cursor)) => {
+            let cfg = kagi_server::config::ForwardFileConfig {
+                to: to.clone(),
+                cursor: cursor.clone(),
+                format: None,
+                ca_cert: None,
+            };
+            vec![cfg.resolve(&opts.node).map_err(Fail)?]
+        }
+        _ => Vec::new(),
+    };
+    let audit_store = audit.store().clone();
     let svc = KeyService::open(store, audit, opts)
         .await
         .map_err(|e| Fail(e.to_string()))?;
     let root = svc.start_dev(&dir).await.map_err(|e| Fail(e.to_string()))?;
+    for f in forward {
+        kagi_server::forward::spawn(f, audit_store.clone());
+    }
     let listen = a.listen.unwrap_or_else(|| ([127, 0, 0, 1], 7300).into());
     if !listen.ip().is_loopback() {
         return Err(Fail(format!(
@@ -240,9 +267,19 @@ async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
             .transpose()
             .map_err(Fail)?,
     };
+    let forward = cfg
+        .forward
+        .iter()
+        .map(|f| f.resolve(&opts.node))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Fail)?;
+    let audit_store = audit.store().clone();
     let svc = KeyService::open(store, audit, opts)
         .await
         .map_err(|e| Fail(e.to_string()))?;
+    for f in forward {
+        kagi_server::forward::spawn(f, audit_store.clone());
+    }
     svc.auto_unseal()
         .await
         .map_err(|e| Fail(format!("cannot start: {e}")))?;

@@ -153,6 +153,37 @@ impl NotifyFileConfig {
     }
 }
 
+/// `[[forward]]`: continuous SIEM forwarding of the audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardFileConfig {
+    /// `tcp://HOST:PORT` or `tls://HOST:PORT` (syslog, RFC 5425 framing).
+    pub to: String,
+    /// Cursor file: the next record to send, kept across restarts.
+    pub cursor: std::path::PathBuf,
+    /// `syslog` (default), `cef` or `jsonl`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// For `tls://`: the receiver's CA.
+    #[serde(default)]
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl ForwardFileConfig {
+    /// The forwarder's settings.
+    pub fn resolve(&self, hostname: &str) -> Result<crate::forward::ForwardConfig, String> {
+        let cfg = crate::forward::ForwardConfig {
+            to: self.to.clone(),
+            cursor: self.cursor.clone(),
+            format: self.format.as_deref().unwrap_or("syslog").parse()?,
+            ca_cert: self.ca_cert.clone(),
+            hostname: hostname.to_string(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +210,9 @@ pub struct ServerConfig {
     /// Customer notification webhook.
     #[serde(default)]
     pub notify: Option<NotifyFileConfig>,
+    /// SIEM forwarding targets.
+    #[serde(default)]
+    pub forward: Vec<ForwardFileConfig>,
 }
 
 impl ServerConfig {

@@ -10,6 +10,7 @@ mod cloud_api;
 pub mod compliance;
 pub mod config;
 mod error;
+pub mod forward;
 mod kms_api;
 mod listener;
 mod metrics;
