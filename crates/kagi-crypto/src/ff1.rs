@@ -63,16 +63,16 @@ impl Ff1 {
     }
 
     /// Encrypts `numerals` (each below the radix) under `tweak`.
-    pub fn encrypt(&self, tweak: &[u8], numerals: &[u16]) -> Result<Vec<u16>, CryptoError> {
-        self.check(numerals)?;
-        let ns = FlexibleNumeralString::from(numerals.to_vec());
+    pub fn encrypt(&self, tweak: &[u8], numerals: Vec<u16>) -> Result<Vec<u16>, CryptoError> {
+        self.check(&numerals)?;
+        let ns = FlexibleNumeralString::from(numerals);
         Ok(self.inner.encrypt(tweak, &ns).map_err(fpe_error)?.into())
     }
 
     /// Decrypts what [`encrypt`](Self::encrypt) made with the same tweak.
-    pub fn decrypt(&self, tweak: &[u8], numerals: &[u16]) -> Result<Vec<u16>, CryptoError> {
-        self.check(numerals)?;
-        let ns = FlexibleNumeralString::from(numerals.to_vec());
+    pub fn decrypt(&self, tweak: &[u8], numerals: Vec<u16>) -> Result<Vec<u16>, CryptoError> {
+        self.check(&numerals)?;
+        let ns = FlexibleNumeralString::from(numerals);
         Ok(self.inner.decrypt(tweak, &ns).map_err(fpe_error)?.into())
     }
 }
@@ -128,9 +128,9 @@ mod tests {
                 _ => {
                     let k = SecretKey32::from_slice(&key).unwrap();
                     let ff = Ff1::new(&k, radix).unwrap();
-                    let c = ff.encrypt(&tweak, &digits(pt)).unwrap();
+                    let c = ff.encrypt(&tweak, digits(pt)).unwrap();
                     assert_eq!(
-                        ff.decrypt(&tweak, &c).unwrap(),
+                        ff.decrypt(&tweak, c.clone()).unwrap(),
                         digits(pt),
                         "sample {}",
                         i + 1
@@ -146,10 +146,10 @@ mod tests {
     fn small_domains_and_bad_numerals_are_refused() {
         let k = SecretKey32::generate();
         let ff = Ff1::new(&k, 10).unwrap();
-        assert!(ff.encrypt(b"", &[1, 2, 3, 4, 5]).is_err(), "10^5 < 10^6");
-        assert!(ff.encrypt(b"", &[1, 2, 3, 4, 5, 6]).is_ok());
+        assert!(ff.encrypt(b"", vec![1, 2, 3, 4, 5]).is_err(), "10^5 < 10^6");
+        assert!(ff.encrypt(b"", vec![1, 2, 3, 4, 5, 6]).is_ok());
         assert!(
-            ff.encrypt(b"", &[1, 2, 3, 4, 5, 10]).is_err(),
+            ff.encrypt(b"", vec![1, 2, 3, 4, 5, 10]).is_err(),
             "numeral 10 in radix 10"
         );
         assert!(Ff1::new(&k, 1).is_err());

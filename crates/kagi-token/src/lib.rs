@@ -220,7 +220,7 @@ impl Tokenizer {
         }
     }
 
-    fn run(&self, radix: u32, tweak: &[u8], n: &[u16], dir: Dir) -> Result<Vec<u16>, TokenError> {
+    fn run(&self, radix: u32, tweak: &[u8], n: Vec<u16>, dir: Dir) -> Result<Vec<u16>, TokenError> {
         let ff = self.ff1(radix);
         match dir {
             Dir::Encrypt => ff.encrypt(tweak, n),
@@ -243,6 +243,22 @@ impl Tokenizer {
         tweak.extend_from_slice(user_tweak);
         tweak.push(0);
         tweak.extend_from_slice(t.as_str().as_bytes());
+        if t == Template::Digits {
+            // The common bulk case, on bytes.
+            let b = value.as_bytes();
+            if !b.iter().all(u8::is_ascii_digit) {
+                return Err(bad("a digits value has only the digits 0-9"));
+            }
+            if b.len() < 6 {
+                return Err(bad(format!(
+                    "{} digits make fewer than 1,000,000 values: at least 6 are needed",
+                    b.len()
+                )));
+            }
+            let n: Vec<u16> = b.iter().map(|&c| u16::from(c - b'0')).collect();
+            let out = self.run(10, &tweak, n, dir)?;
+            return Ok(out.iter().map(|&d| char::from(b'0' + d as u8)).collect());
+        }
         let chars: Vec<char> = value.chars().collect();
         match t {
             Template::Digits | Template::Phone => {
@@ -263,7 +279,7 @@ impl Tokenizer {
                     )));
                 }
                 let mut s = Split { chars, slots };
-                let out = self.run(10, &tweak, &s.numerals(10), dir)?;
+                let out = self.run(10, &tweak, s.numerals(10), dir)?;
                 s.put(&out, 10);
                 Ok(s.text())
             }
@@ -294,7 +310,7 @@ impl Tokenizer {
                     )));
                 }
                 let mut s = Split { chars, slots };
-                let out = self.run(62, &tweak, &s.numerals(62), dir)?;
+                let out = self.run(62, &tweak, s.numerals(62), dir)?;
                 s.put(&out, 62);
                 Ok(s.text())
             }
@@ -310,7 +326,7 @@ impl Tokenizer {
                 if mynumber_check_digit(&all[..11]) != all[11] {
                     return Err(bad("the My Number's check digit is wrong"));
                 }
-                let out = self.run(10, &tweak, &all[..11], dir)?;
+                let out = self.run(10, &tweak, all[..11].to_vec(), dir)?;
                 s.put(&out, 10);
                 s.chars[11] = character(mynumber_check_digit(&out), 10);
                 Ok(s.text())
@@ -353,7 +369,7 @@ impl Tokenizer {
         // A permutation of the middles restricted to Luhn-valid numbers: each step stays in
         // FF1's cycle, and the expected number of steps is 10.
         loop {
-            middle = self.run(10, tweak, &middle, dir)?;
+            middle = self.run(10, tweak, middle, dir)?;
             all[6..n - 4].copy_from_slice(&middle);
             if luhn_valid(&all) {
                 break;
