@@ -36,7 +36,7 @@ fn main() {
     let ff = FF1::<aes::Aes256>::new(&key, 10).expect("radix 10");
     let tk = Tokenizer::new(&SecretKey32::from_bytes(key)).expect("tokenizer");
     let mut sink = 0usize;
-    let mut direct_run = |n: usize, sink: &mut usize| {
+    let direct_run = |n: usize, sink: &mut usize| {
         let t = Instant::now();
         for i in 0..n {
             let ns = FlexibleNumeralString::from(numerals[i % numerals.len()].clone());
