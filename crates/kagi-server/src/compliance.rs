@@ -331,3 +331,89 @@ pub(crate) async fn report(
         controls: answers(&facts, &chain, now.as_second()),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kagi_keys::{KeyId, KeyUsage};
+
+    fn key(name: &str, period: Option<u64>, created: i64) -> KeyRecord {
+        let mut k = KeyRecord::new(
+            KeyId([1; 16]),
+            name,
+            "",
+            KeyType::Aes256Gcm,
+            period,
+            created,
+        )
+        .unwrap();
+        k.usage = KeyUsage::EncryptDecrypt;
+        k
+    }
+
+    fn facts(kind: &str, keys: Vec<KeyRecord>) -> ComplianceFacts {
+        ComplianceFacts {
+            node: "n".into(),
+            seal_kind: Some(kind.into()),
+            shares: 5,
+            threshold: 3,
+            keys,
+            policies: vec![],
+            notify_configured: false,
+        }
+    }
+
+    fn chain(ok: bool) -> VerifyView {
+        VerifyView {
+            ok,
+            records: 10,
+            last_seq: 10,
+            checkpoints: 1,
+            checkpoint_key: None,
+            bad_seq: (!ok).then_some(7),
+            reason: (!ok).then(|| "hash mismatch".into()),
+        }
+    }
+
+    fn get<'a>(a: &'a [ControlAnswer], control: &str) -> &'a ControlAnswer {
+        a.iter().find(|c| c.control == control).unwrap()
+    }
+
+    #[test]
+    fn a_key_past_its_rotation_period_is_named() {
+        let now = 1_800_000_000;
+        let ok = facts(
+            "shamir",
+            vec![key("fresh", Some(90 * 86_400), now - 86_400)],
+        );
+        let a = answers(&ok, &chain(true), now);
+        assert_eq!(get(&a, "CEK-12").answer, "Yes");
+        assert_eq!(get(&a, "10.1.2").answer, "Yes");
+        assert!(get(&a, "10.1.2").comment.contains("5 Shamir shares"));
+        let stale = facts(
+            "pkcs11",
+            vec![
+                key("fresh", Some(90 * 86_400), now - 86_400),
+                key("stale", Some(90 * 86_400), now - 200 * 86_400),
+            ],
+        );
+        let a = answers(&stale, &chain(true), now);
+        let r = get(&a, "CEK-12");
+        assert_eq!(r.answer, "No");
+        assert!(
+            r.comment.contains("stale (version 1 is 200 days old)") && !r.comment.contains("fresh"),
+            "{}",
+            r.comment
+        );
+        assert!(get(&a, "10.1.2").comment.contains("HSM"));
+    }
+
+    #[test]
+    fn a_broken_chain_is_never_yes() {
+        let a = answers(&facts("dev", vec![]), &chain(false), 0);
+        assert_eq!(get(&a, "CEK-09").answer, "No");
+        assert!(get(&a, "CEK-09").comment.contains("record 7"));
+        assert_eq!(get(&a, "10.1.2").answer, "No");
+        assert_eq!(get(&a, "CEK-12").answer, "N/A");
+    }
+}
