@@ -15,8 +15,17 @@ const BATCH: usize = 10_000;
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
     /// An fpe key (`kagi key create NAME --type fpe`).
+    #[arg(long, required_unless_present = "mask")]
+    key: Option<String>,
+    /// Print irreversible masks (e.g. 4111-11**-****-1111) instead of tokens; no key needed.
     #[arg(long)]
-    key: String,
+    mask: bool,
+    /// pan: leading digits kept (default 6).
+    #[arg(long = "keep-first")]
+    keep_first: Option<u8>,
+    /// pan: trailing digits kept (default 4).
+    #[arg(long = "keep-last")]
+    keep_last: Option<u8>,
     /// pan, mynumber, phone, email, digits or alnum.
     #[arg(long)]
     template: String,
@@ -40,6 +49,12 @@ pub struct DetokenizeArgs {
     /// The tweak they were made with.
     #[arg(long, default_value = "")]
     tweak: String,
+    /// pan: leading digits the tokens kept (default 6).
+    #[arg(long = "keep-first")]
+    keep_first: Option<u8>,
+    /// pan: trailing digits the tokens kept (default 4).
+    #[arg(long = "keep-last")]
+    keep_last: Option<u8>,
     /// The key version they were made with (default: the newest).
     #[arg(long = "key-version")]
     key_version: Option<u32>,
@@ -73,14 +88,29 @@ fn strings(v: &Value, field: &str) -> Vec<String> {
 
 /// `kagi tokenize`.
 pub async fn tokenize(conn: &Conn, a: TokenizeArgs) -> Result<(), Fail> {
-    let c = conn.client()?;
     let values = inputs(a.values)?;
+    if a.mask {
+        let t: kagi_token::Template = a
+            .template
+            .parse()
+            .map_err(|e: kagi_token::TokenError| Fail(e.to_string()))?;
+        let masks = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| kagi_token::mask(t, v).map_err(|e| Fail(format!("value {}: {e}", i + 1))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let v = json!({"template": a.template, "masks": masks});
+        a.out.print(&v, |v| strings(v, "masks").join("\n"));
+        return Ok(());
+    }
+    let c = conn.client()?;
     let (mut tokens, mut version) = (Vec::with_capacity(values.len()), Value::Null);
     for chunk in values.chunks(BATCH) {
         let v: Value = c
             .post(
                 "/v1/tokenize",
-                &json!({"key": a.key, "template": a.template, "tweak": a.tweak, "values": chunk}),
+                &json!({"key": a.key, "template": a.template, "tweak": a.tweak,
+                        "keep_first": a.keep_first, "keep_last": a.keep_last, "values": chunk}),
             )
             .await?;
         version = v["key_version"].clone();
@@ -100,7 +130,8 @@ pub async fn detokenize(conn: &Conn, a: DetokenizeArgs) -> Result<(), Fail> {
         let v: Value = c
             .post(
                 "/v1/detokenize",
-                &json!({"key": a.key, "template": a.template, "tweak": a.tweak, "key_version": a.key_version, "tokens": chunk}),
+                &json!({"key": a.key, "template": a.template, "tweak": a.tweak, "key_version": a.key_version,
+                        "keep_first": a.keep_first, "keep_last": a.keep_last, "tokens": chunk}),
             )
             .await?;
         values.extend(strings(&v, "values"));

@@ -137,6 +137,48 @@ fn tokenize_detokenize_and_policy() {
     ]);
     assert_eq!(old.trim(), CARDS[0]);
 
+    // Digits kept as configured; 15-digit cards need fewer kept digits.
+    let amex = "3782-822463-10005";
+    assert_one_line_error(
+        &srv.kagi(&["tokenize", "--key", "cards", "--template", "pan", amex]),
+        "keep fewer",
+    );
+    let t = srv.ok(&[
+        "tokenize",
+        "--key",
+        "cards",
+        "--template",
+        "pan",
+        "--keep-first",
+        "4",
+        "--keep-last",
+        "4",
+        amex,
+    ]);
+    assert!(t.starts_with("3782-") && t.trim().ends_with("0005") && t.trim() != amex);
+    let back = srv.ok(&[
+        "detokenize",
+        "--key",
+        "cards",
+        "--template",
+        "pan",
+        "--keep-first",
+        "4",
+        "--keep-last",
+        "4",
+        t.trim(),
+    ]);
+    assert_eq!(back.trim(), amex);
+    // Masks are irreversible and need no key.
+    let m = srv.ok(&[
+        "tokenize",
+        "--mask",
+        "--template",
+        "pan",
+        "4111-1111-1111-1111",
+    ]);
+    assert_eq!(m.lines().next(), Some("4111-11**-****-1111"));
+
     // Clear refusals, one line each.
     assert_one_line_error(
         &srv.kagi(&["tokenize", "--key", "aes", "--template", "digits", "123456"]),

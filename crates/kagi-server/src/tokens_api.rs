@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::{ApiError, ApiJson, ApiResult, AppState, Authed, ErrorBody};
+use crate::service::TokenField;
 
 /// `POST /v1/tokenize`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -18,6 +19,10 @@ pub struct TokenizeRequest {
     /// Per-field tweak, e.g. `users.card` or a tenant (default empty).
     #[serde(default)]
     pub tweak: String,
+    /// `pan`: leading digits kept (default 6).
+    pub keep_first: Option<u8>,
+    /// `pan`: trailing digits kept (default 4).
+    pub keep_last: Option<u8>,
     /// Up to 10,000 values.
     pub values: Vec<String>,
 }
@@ -44,6 +49,10 @@ pub struct DetokenizeRequest {
     /// The tweak they were made with.
     #[serde(default)]
     pub tweak: String,
+    /// `pan`: leading digits the tokens kept (default 6).
+    pub keep_first: Option<u8>,
+    /// `pan`: trailing digits the tokens kept (default 4).
+    pub keep_last: Option<u8>,
     /// The key version they were made with (default: the newest).
     pub key_version: Option<u32>,
     /// Up to 10,000 tokens.
@@ -59,6 +68,14 @@ pub struct DetokenizeResponse {
     pub values: Vec<String>,
 }
 
+fn keep(first: Option<u8>, last: Option<u8>) -> kagi_token::PanKeep {
+    let d = kagi_token::PanKeep::default();
+    kagi_token::PanKeep {
+        first: first.map_or(d.first, usize::from),
+        last: last.map_or(d.last, usize::from),
+    }
+}
+
 fn template(t: &str) -> Result<kagi_token::Template, ApiError> {
     t.parse()
         .map_err(|e: kagi_token::TokenError| ApiError::bad(e.to_string()))
@@ -72,9 +89,12 @@ pub(crate) async fn tokenize(
     ApiJson(r): ApiJson<TokenizeRequest>,
 ) -> ApiResult<TokenizeResponse> {
     let t = template(&r.template)?;
-    let (v, tokens) = svc
-        .tokenize(&c, &r.key, t, r.tweak.as_bytes(), &r.values)
-        .await?;
+    let field = TokenField {
+        template: t,
+        keep: keep(r.keep_first, r.keep_last),
+        tweak: r.tweak.as_bytes(),
+    };
+    let (v, tokens) = svc.tokenize(&c, &r.key, field, &r.values).await?;
     Ok(Json(TokenizeResponse {
         key: r.key,
         key_version: v,
@@ -90,8 +110,13 @@ pub(crate) async fn detokenize(
     ApiJson(r): ApiJson<DetokenizeRequest>,
 ) -> ApiResult<DetokenizeResponse> {
     let t = template(&r.template)?;
+    let field = TokenField {
+        template: t,
+        keep: keep(r.keep_first, r.keep_last),
+        tweak: r.tweak.as_bytes(),
+    };
     let values = svc
-        .detokenize(&c, &r.key, t, r.tweak.as_bytes(), r.key_version, &r.tokens)
+        .detokenize(&c, &r.key, field, r.key_version, &r.tokens)
         .await?;
     Ok(Json(DetokenizeResponse { key: r.key, values }))
 }

@@ -4,7 +4,7 @@
 //!
 //! | template | input | token |
 //! |---|---|---|
-//! | `pan` | 16-19 digits, spaces or dashes kept in place, Luhn-valid | first 6 and last 4 kept; the middle digits change; the token passes Luhn |
+//! | `pan` | 12-19 digits, spaces or dashes kept in place, Luhn-valid | first 6 and last 4 kept (or as [`PanKeep`] says; at least 6 must change); the token passes Luhn |
 //! | `mynumber` | 12 digits with a valid check digit | 11 digits change; the check digit is recomputed |
 //! | `phone` | digits with `+ - ( ) . ` and spaces | every digit changes (at least 6), formatting kept |
 //! | `email` | `local@domain` | letters and digits of the local part change (at least 4), the rest kept |
@@ -186,6 +186,22 @@ pub fn mynumber_check_digit(first11: &[u16]) -> u16 {
     }
 }
 
+/// How many leading and trailing digits of a card number a `pan` token keeps (default 6 and 4:
+/// the issuer's BIN and the digits receipts show).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PanKeep {
+    /// Leading digits kept.
+    pub first: usize,
+    /// Trailing digits kept.
+    pub last: usize,
+}
+
+impl Default for PanKeep {
+    fn default() -> Self {
+        Self { first: 6, last: 4 }
+    }
+}
+
 /// FF1 under `key` for one field.
 #[derive(Debug)]
 pub struct Tokenizer {
@@ -204,12 +220,34 @@ impl Tokenizer {
 
     /// A token for `value`.
     pub fn tokenize(&self, t: Template, tweak: &[u8], value: &str) -> Result<String, TokenError> {
-        self.transform(t, tweak, value, Dir::Encrypt)
+        self.transform(t, PanKeep::default(), tweak, value, Dir::Encrypt)
     }
 
     /// The value behind `token` (made with the same key version, template and tweak).
     pub fn detokenize(&self, t: Template, tweak: &[u8], token: &str) -> Result<String, TokenError> {
-        self.transform(t, tweak, token, Dir::Decrypt)
+        self.transform(t, PanKeep::default(), tweak, token, Dir::Decrypt)
+    }
+
+    /// [`tokenize`](Self::tokenize) with the card digits to keep.
+    pub fn tokenize_keeping(
+        &self,
+        t: Template,
+        keep: PanKeep,
+        tweak: &[u8],
+        value: &str,
+    ) -> Result<String, TokenError> {
+        self.transform(t, keep, tweak, value, Dir::Encrypt)
+    }
+
+    /// [`detokenize`](Self::detokenize) with the card digits the token kept.
+    pub fn detokenize_keeping(
+        &self,
+        t: Template,
+        keep: PanKeep,
+        tweak: &[u8],
+        token: &str,
+    ) -> Result<String, TokenError> {
+        self.transform(t, keep, tweak, token, Dir::Decrypt)
     }
 
     fn ff1(&self, radix: u32) -> &Ff1 {
@@ -232,6 +270,7 @@ impl Tokenizer {
     fn transform(
         &self,
         t: Template,
+        keep: PanKeep,
         user_tweak: &[u8],
         value: &str,
         dir: Dir,
@@ -331,14 +370,20 @@ impl Tokenizer {
                 s.chars[11] = character(mynumber_check_digit(&out), 10);
                 Ok(s.text())
             }
-            Template::Pan => self.pan(&mut tweak, chars, dir),
+            Template::Pan => self.pan(&mut tweak, keep, chars, dir),
         }
     }
 
-    /// Card numbers: first 6 and last 4 kept (and in the tweak), the middle under FF1,
-    /// cycle-walked until the whole number passes Luhn again. The middle is at least 6
-    /// digits, so the FF1 domain is at least 1,000,000.
-    fn pan(&self, tweak: &mut Vec<u8>, chars: Vec<char>, dir: Dir) -> Result<String, TokenError> {
+    /// Card numbers: the first and last digits `keep` names are kept (and in the tweak), the
+    /// middle under FF1, cycle-walked until the whole number passes Luhn again. The middle is
+    /// at least 6 digits, so the FF1 domain is at least 1,000,000.
+    fn pan(
+        &self,
+        tweak: &mut Vec<u8>,
+        keep: PanKeep,
+        chars: Vec<char>,
+        dir: Dir,
+    ) -> Result<String, TokenError> {
         if !chars
             .iter()
             .all(|&c| c.is_ascii_digit() || c == ' ' || c == '-')
@@ -349,9 +394,13 @@ impl Tokenizer {
             .filter(|&i| chars[i].is_ascii_digit())
             .collect();
         let n = slots.len();
-        if !(16..=19).contains(&n) {
+        if !(12..=19).contains(&n) {
+            return Err(bad(format!("a card number has 12-19 digits (got {n})")));
+        }
+        let (first, last) = (keep.first, keep.last);
+        if first + last + 6 > n {
             return Err(bad(format!(
-                "a card number to tokenize has 16-19 digits (got {n}): with the first 6 and last 4 kept, fewer leave under 1,000,000 tokens"
+                "keeping {first} + {last} of {n} digits leaves fewer than 6 to change (under 1,000,000 tokens): keep fewer"
             )));
         }
         let mut all: Vec<u16> = slots.iter().map(|&i| numeral(chars[i], 10)).collect();
@@ -359,18 +408,19 @@ impl Tokenizer {
             return Err(bad("the card number fails the Luhn check"));
         }
         tweak.push(0);
+        tweak.extend(format!("{first}.{last}.").bytes());
         tweak.extend(
-            all[..6]
+            all[..first]
                 .iter()
-                .chain(&all[n - 4..])
+                .chain(&all[n - last..])
                 .map(|&d| b'0' + d as u8),
         );
-        let mut middle = all[6..n - 4].to_vec();
+        let mut middle = all[first..n - last].to_vec();
         // A permutation of the middles restricted to Luhn-valid numbers: each step stays in
         // FF1's cycle, and the expected number of steps is 10.
         loop {
             middle = self.run(10, tweak, middle, dir)?;
-            all[6..n - 4].copy_from_slice(&middle);
+            all[first..n - last].copy_from_slice(&middle);
             if luhn_valid(&all) {
                 break;
             }
@@ -550,6 +600,32 @@ mod tests {
             assert!(matches!(e, TokenError::Format(_)), "{tpl:?} {v}: {e}");
         }
         assert!("card".parse::<Template>().is_err());
+    }
+
+    #[test]
+    fn card_digits_kept_as_configured() {
+        let t = tk();
+        let keep = PanKeep { first: 0, last: 4 };
+        let v = "4111111111111111";
+        let tok = t.tokenize_keeping(Template::Pan, keep, b"", v).unwrap();
+        assert!(tok.ends_with("1111") && luhn_valid(&digits(&tok)));
+        assert_eq!(
+            t.detokenize_keeping(Template::Pan, keep, b"", &tok)
+                .unwrap(),
+            v
+        );
+        assert_ne!(tok, t.tokenize(Template::Pan, b"", v).unwrap());
+        // 15-digit cards work once fewer digits are kept.
+        let amex = "378282246310005";
+        assert!(t.tokenize(Template::Pan, b"", amex).is_err());
+        let tok = t
+            .tokenize_keeping(Template::Pan, PanKeep { first: 4, last: 4 }, b"", amex)
+            .unwrap();
+        assert_eq!(
+            t.detokenize_keeping(Template::Pan, PanKeep { first: 4, last: 4 }, b"", &tok)
+                .unwrap(),
+            amex
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod xks;
 
 pub use cloud::{AwsCredential, CloudState, Credential, XksStore};
 pub use compliance_facts::ComplianceFacts;
+pub use tokens_fpe::TokenField;
 pub use xks::{metadata_context, XksHealth, XksSealed};
 
 /// Settings the core needs from the command line or config file.

@@ -7,13 +7,25 @@
 //! made under an older version detokenize with that version named.
 
 use kagi_keys::{KeyType, Operation};
-use kagi_token::{Template, TokenError};
+use kagi_token::{PanKeep, Template, TokenError};
 
 use super::{Caller, KeyService, Trail, EMPTY_CTX};
 use crate::ServiceError;
 
 /// Most values in one batch.
 pub const MAX_BATCH: usize = 10_000;
+
+/// Which field tokens are for: the template, the card digits kept and the tweak. A token only
+/// detokenizes with the same field (and key version).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenField<'a> {
+    /// The template.
+    pub template: Template,
+    /// `pan`: digits kept.
+    pub keep: PanKeep,
+    /// The FF1 tweak (e.g. `users.card`).
+    pub tweak: &'a [u8],
+}
 
 fn token_error(i: usize, e: TokenError) -> ServiceError {
     ServiceError::BadRequest(format!("value {}: {e}", i + 1))
@@ -48,10 +60,14 @@ impl KeyService {
         &self,
         c: &Caller,
         key: &str,
-        template: Template,
-        tweak: &[u8],
+        field: TokenField<'_>,
         values: &[String],
     ) -> Result<(u32, Vec<String>), ServiceError> {
+        let TokenField {
+            template,
+            keep,
+            tweak,
+        } = field;
         let mut t = Trail::new("tokenize", Some(key), &EMPTY_CTX, None);
         t.note = Some(format!(
             "{} values, template {}",
@@ -74,7 +90,7 @@ impl KeyService {
                 .iter()
                 .enumerate()
                 .map(|(i, x)| {
-                    tk.tokenize(template, tweak, x)
+                    tk.tokenize_keeping(template, keep, tweak, x)
                         .map_err(|e| token_error(i, e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -89,11 +105,15 @@ impl KeyService {
         &self,
         c: &Caller,
         key: &str,
-        template: Template,
-        tweak: &[u8],
+        field: TokenField<'_>,
         version: Option<u32>,
         tokens: &[String],
     ) -> Result<Vec<String>, ServiceError> {
+        let TokenField {
+            template,
+            keep,
+            tweak,
+        } = field;
         let mut t = Trail::new("detokenize", Some(key), &EMPTY_CTX, None);
         t.note = Some(format!(
             "{} tokens, template {}",
@@ -117,7 +137,7 @@ impl KeyService {
                 .iter()
                 .enumerate()
                 .map(|(i, x)| {
-                    tk.detokenize(template, tweak, x)
+                    tk.detokenize_keeping(template, keep, tweak, x)
                         .map_err(|e| token_error(i, e))
                 })
                 .collect()
