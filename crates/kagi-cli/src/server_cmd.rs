@@ -59,6 +59,9 @@ pub struct ServerArgs {
     /// The forwarding cursor file (dev).
     #[arg(long = "forward-cursor", requires = "forward_to", value_name = "FILE")]
     forward_cursor: Option<PathBuf>,
+    /// For --forward-to tls://: the receiver's CA (dev).
+    #[arg(long = "forward-ca-cert", requires = "forward_to", value_name = "FILE")]
+    forward_ca_cert: Option<PathBuf>,
 }
 
 pub fn host_name() -> String {
@@ -177,7 +180,7 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
                 to: to.clone(),
                 cursor: cursor.clone(),
                 format: None,
-                ca_cert: None,
+                ca_cert: a.forward_ca_cert.clone(),
             };
             vec![cfg.resolve(&opts.node).map_err(Fail)?]
         }

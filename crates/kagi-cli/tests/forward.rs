@@ -13,11 +13,29 @@ use std::time::Duration;
 use support::{free_port, have, skip, wait_until, Proc, Server};
 
 fn rsyslog(dir: &Path, port: u16) -> Proc {
+    rsyslog_with(dir, port, "module(load=\"imtcp\")\n")
+}
+
+/// rsyslog with TLS (gtls driver, anonymous clients) on `port`, using `dir`'s cert files.
+fn rsyslog_tls(dir: &Path, port: u16) -> Proc {
+    let d = dir.display();
+    rsyslog_with(
+        dir,
+        port,
+        &format!(
+            "global(DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
+             DefaultNetstreamDriverCertFile=\"{d}/srv.pem\" DefaultNetstreamDriverKeyFile=\"{d}/srv.key\")\n\
+             module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.Authmode=\"anon\")\n"
+        ),
+    )
+}
+
+fn rsyslog_with(dir: &Path, port: u16, modules: &str) -> Proc {
     let conf = dir.join("rsyslog.conf");
     std::fs::write(
         &conf,
         format!(
-            "global(workDirectory=\"{d}\")\nmodule(load=\"imtcp\")\ninput(type=\"imtcp\" port=\"{port}\" ruleset=\"kagi\")\n\
+            "global(workDirectory=\"{d}\")\n{modules}input(type=\"imtcp\" port=\"{port}\" ruleset=\"kagi\")\n\
              template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
              ruleset(name=\"kagi\") {{ action(type=\"omfile\" file=\"{d}/siem.log\" template=\"raw\") }}\n",
             d = dir.display()
@@ -161,6 +179,64 @@ fn forwarding_survives_receiver_and_server_restarts() {
         distinct.len(),
         total.len(),
         total.len() - distinct.len()
+    );
+    stop(rs);
+}
+
+#[test]
+fn forwarding_over_tls_to_rsyslog() {
+    if !have("rsyslogd") || !Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so").exists() {
+        skip(
+            "forwarding_over_tls_to_rsyslog",
+            "rsyslogd with the gtls driver is not installed (scripts/test installs rsyslog and rsyslog-gnutls)",
+        );
+        return;
+    }
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "siem test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let srv_key = KeyPair::generate().unwrap();
+    let srv_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&srv_key, &issuer)
+        .unwrap();
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(d.join("srv.pem"), srv_cert.pem()).unwrap();
+    std::fs::write(d.join("srv.key"), srv_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let rs = rsyslog_tls(d, port);
+    let to = format!("tls://localhost:{port}");
+    let cursor = d.join("tls.cursor");
+    let ca_path = d.join("ca.pem");
+    let srv = Server::dev(
+        &d.join("data"),
+        &[
+            "--forward-to",
+            &to,
+            "--forward-cursor",
+            cursor.to_str().unwrap(),
+            "--forward-ca-cert",
+            ca_path.to_str().unwrap(),
+        ],
+    );
+    ops(&srv, "t", 20);
+    let v = srv.json(&["audit", "tail", "-n", "1"]);
+    let head = v["records"][0]["seq"].as_u64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let got: BTreeSet<u64> = received(d).into_iter().collect();
+            (1..=head).all(|s| got.contains(&s))
+        }),
+        "records did not arrive over TLS: {:?}",
+        received(d).len()
     );
     stop(rs);
 }
