@@ -26,7 +26,10 @@ pub struct TokenizeArgs {
     /// pan: trailing digits kept (default 4).
     #[arg(long = "keep-last")]
     keep_last: Option<u8>,
-    /// pan, mynumber, phone, email, digits or alnum.
+    /// custom: the alphabet's characters, in order (e.g. 0123456789abcdef).
+    #[arg(long)]
+    alphabet: Option<String>,
+    /// pan, mynumber, phone, email, digits, alnum or custom (with --alphabet).
     #[arg(long)]
     template: String,
     /// Per-field tweak, e.g. users.card or a tenant id.
@@ -55,6 +58,9 @@ pub struct DetokenizeArgs {
     /// pan: trailing digits the tokens kept (default 4).
     #[arg(long = "keep-last")]
     keep_last: Option<u8>,
+    /// custom: the alphabet they were made with.
+    #[arg(long)]
+    alphabet: Option<String>,
     /// The key version they were made with (default: the newest).
     #[arg(long = "key-version")]
     key_version: Option<u32>,
@@ -110,7 +116,7 @@ pub async fn tokenize(conn: &Conn, a: TokenizeArgs) -> Result<(), Fail> {
             .post(
                 "/v1/tokenize",
                 &json!({"key": a.key, "template": a.template, "tweak": a.tweak,
-                        "keep_first": a.keep_first, "keep_last": a.keep_last, "values": chunk}),
+                        "keep_first": a.keep_first, "keep_last": a.keep_last, "alphabet": a.alphabet, "values": chunk}),
             )
             .await?;
         version = v["key_version"].clone();
@@ -131,7 +137,7 @@ pub async fn detokenize(conn: &Conn, a: DetokenizeArgs) -> Result<(), Fail> {
             .post(
                 "/v1/detokenize",
                 &json!({"key": a.key, "template": a.template, "tweak": a.tweak, "key_version": a.key_version,
-                        "keep_first": a.keep_first, "keep_last": a.keep_last, "tokens": chunk}),
+                        "keep_first": a.keep_first, "keep_last": a.keep_last, "alphabet": a.alphabet, "tokens": chunk}),
             )
             .await?;
         values.extend(strings(&v, "values"));

@@ -169,6 +169,41 @@ fn tokenize_detokenize_and_policy() {
         t.trim(),
     ]);
     assert_eq!(back.trim(), amex);
+    // A custom alphabet.
+    let t = srv.ok(&[
+        "tokenize",
+        "--key",
+        "cards",
+        "--template",
+        "custom",
+        "--alphabet",
+        "0123456789abcdef",
+        "deadbeef01",
+    ]);
+    assert!(t.trim().len() == 10 && t.trim().chars().all(|c| c.is_ascii_hexdigit()));
+    let back = srv.ok(&[
+        "detokenize",
+        "--key",
+        "cards",
+        "--template",
+        "custom",
+        "--alphabet",
+        "0123456789abcdef",
+        t.trim(),
+    ]);
+    assert_eq!(back.trim(), "deadbeef01");
+    assert_one_line_error(
+        &srv.kagi(&[
+            "tokenize",
+            "--key",
+            "cards",
+            "--template",
+            "custom",
+            "xyz123",
+        ]),
+        "alphabet",
+    );
+
     // Masks are irreversible and need no key.
     let m = srv.ok(&[
         "tokenize",

@@ -14,7 +14,7 @@ use crate::service::TokenField;
 pub struct TokenizeRequest {
     /// An `fpe` key.
     pub key: String,
-    /// `pan`, `mynumber`, `phone`, `email`, `digits` or `alnum`.
+    /// `pan`, `mynumber`, `phone`, `email`, `digits`, `alnum` or `custom`.
     pub template: String,
     /// Per-field tweak, e.g. `users.card` or a tenant (default empty).
     #[serde(default)]
@@ -23,6 +23,8 @@ pub struct TokenizeRequest {
     pub keep_first: Option<u8>,
     /// `pan`: trailing digits kept (default 4).
     pub keep_last: Option<u8>,
+    /// `custom`: the alphabet's characters, in numeral order.
+    pub alphabet: Option<String>,
     /// Up to 10,000 values.
     pub values: Vec<String>,
 }
@@ -53,6 +55,8 @@ pub struct DetokenizeRequest {
     pub keep_first: Option<u8>,
     /// `pan`: trailing digits the tokens kept (default 4).
     pub keep_last: Option<u8>,
+    /// `custom`: the alphabet they were made with.
+    pub alphabet: Option<String>,
     /// The key version they were made with (default: the newest).
     pub key_version: Option<u32>,
     /// Up to 10,000 tokens.
@@ -68,12 +72,22 @@ pub struct DetokenizeResponse {
     pub values: Vec<String>,
 }
 
-fn keep(first: Option<u8>, last: Option<u8>) -> kagi_token::PanKeep {
+fn options(
+    first: Option<u8>,
+    last: Option<u8>,
+    alphabet: Option<&str>,
+) -> Result<kagi_token::FieldOptions, ApiError> {
     let d = kagi_token::PanKeep::default();
-    kagi_token::PanKeep {
-        first: first.map_or(d.first, usize::from),
-        last: last.map_or(d.last, usize::from),
-    }
+    Ok(kagi_token::FieldOptions {
+        keep: kagi_token::PanKeep {
+            first: first.map_or(d.first, usize::from),
+            last: last.map_or(d.last, usize::from),
+        },
+        alphabet: alphabet
+            .map(kagi_token::Alphabet::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad(e.to_string()))?,
+    })
 }
 
 fn template(t: &str) -> Result<kagi_token::Template, ApiError> {
@@ -89,9 +103,10 @@ pub(crate) async fn tokenize(
     ApiJson(r): ApiJson<TokenizeRequest>,
 ) -> ApiResult<TokenizeResponse> {
     let t = template(&r.template)?;
+    let opts = options(r.keep_first, r.keep_last, r.alphabet.as_deref())?;
     let field = TokenField {
         template: t,
-        keep: keep(r.keep_first, r.keep_last),
+        options: &opts,
         tweak: r.tweak.as_bytes(),
     };
     let (v, tokens) = svc.tokenize(&c, &r.key, field, &r.values).await?;
@@ -110,9 +125,10 @@ pub(crate) async fn detokenize(
     ApiJson(r): ApiJson<DetokenizeRequest>,
 ) -> ApiResult<DetokenizeResponse> {
     let t = template(&r.template)?;
+    let opts = options(r.keep_first, r.keep_last, r.alphabet.as_deref())?;
     let field = TokenField {
         template: t,
-        keep: keep(r.keep_first, r.keep_last),
+        options: &opts,
         tweak: r.tweak.as_bytes(),
     };
     let values = svc

@@ -25,7 +25,7 @@ use kagi_crypto::SecretKey32;
 #[non_exhaustive]
 pub enum TokenError {
     /// Unknown template name.
-    #[error("unknown template {0:?}: use pan, mynumber, phone, email, digits or alnum")]
+    #[error("unknown template {0:?}: use pan, mynumber, phone, email, digits, alnum or custom")]
     UnknownTemplate(String),
     /// The value does not have the template's form.
     #[error("{0}")]
@@ -50,6 +50,8 @@ pub enum Template {
     Digits,
     /// Letters and digits.
     Alnum,
+    /// Characters of an alphabet the caller gives ([`Alphabet`]).
+    Custom,
 }
 
 impl std::str::FromStr for Template {
@@ -62,6 +64,7 @@ impl std::str::FromStr for Template {
             "email" => Self::Email,
             "digits" => Self::Digits,
             "alnum" => Self::Alnum,
+            "custom" => Self::Custom,
             _ => return Err(TokenError::UnknownTemplate(s.to_string())),
         })
     }
@@ -77,6 +80,7 @@ impl Template {
             Self::Email => "email",
             Self::Digits => "digits",
             Self::Alnum => "alnum",
+            Self::Custom => "custom",
         }
     }
 }
@@ -202,11 +206,46 @@ impl Default for PanKeep {
     }
 }
 
+/// The characters of a `custom` template, in numeral order: 2 to 65,536 distinct characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alphabet(Vec<char>);
+
+impl Alphabet {
+    /// Parses an alphabet given as a string of its characters.
+    pub fn parse(s: &str) -> Result<Self, TokenError> {
+        let chars: Vec<char> = s.chars().collect();
+        if !(2..=65_536).contains(&chars.len()) {
+            return Err(bad("an alphabet has 2 to 65,536 characters"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(c) = chars.iter().find(|c| !seen.insert(**c)) {
+            return Err(bad(format!("the alphabet repeats {c:?}")));
+        }
+        Ok(Self(chars))
+    }
+
+    fn radix(&self) -> u32 {
+        self.0.len() as u32
+    }
+}
+
+/// Per-field settings beside the template: the card digits kept (`pan`) and the alphabet
+/// (`custom`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldOptions {
+    /// `pan`: digits kept.
+    pub keep: PanKeep,
+    /// `custom`: the alphabet.
+    pub alphabet: Option<Alphabet>,
+}
+
 /// FF1 under `key` for one field.
 #[derive(Debug)]
 pub struct Tokenizer {
     decimal: Ff1,
     alnum: Ff1,
+    /// For custom alphabets, whose radix is only known per request.
+    key: SecretKey32,
 }
 
 impl Tokenizer {
@@ -215,39 +254,40 @@ impl Tokenizer {
         Ok(Self {
             decimal: Ff1::new(key, 10).map_err(crypto)?,
             alnum: Ff1::new(key, 62).map_err(crypto)?,
+            key: SecretKey32::from_bytes(*key.expose()),
         })
     }
 
     /// A token for `value`.
     pub fn tokenize(&self, t: Template, tweak: &[u8], value: &str) -> Result<String, TokenError> {
-        self.transform(t, PanKeep::default(), tweak, value, Dir::Encrypt)
+        self.transform(t, &FieldOptions::default(), tweak, value, Dir::Encrypt)
     }
 
     /// The value behind `token` (made with the same key version, template and tweak).
     pub fn detokenize(&self, t: Template, tweak: &[u8], token: &str) -> Result<String, TokenError> {
-        self.transform(t, PanKeep::default(), tweak, token, Dir::Decrypt)
+        self.transform(t, &FieldOptions::default(), tweak, token, Dir::Decrypt)
     }
 
-    /// [`tokenize`](Self::tokenize) with the card digits to keep.
-    pub fn tokenize_keeping(
+    /// [`tokenize`](Self::tokenize) with per-field settings.
+    pub fn tokenize_with(
         &self,
         t: Template,
-        keep: PanKeep,
+        opts: &FieldOptions,
         tweak: &[u8],
         value: &str,
     ) -> Result<String, TokenError> {
-        self.transform(t, keep, tweak, value, Dir::Encrypt)
+        self.transform(t, opts, tweak, value, Dir::Encrypt)
     }
 
-    /// [`detokenize`](Self::detokenize) with the card digits the token kept.
-    pub fn detokenize_keeping(
+    /// [`detokenize`](Self::detokenize) with the per-field settings the token was made with.
+    pub fn detokenize_with(
         &self,
         t: Template,
-        keep: PanKeep,
+        opts: &FieldOptions,
         tweak: &[u8],
         token: &str,
     ) -> Result<String, TokenError> {
-        self.transform(t, keep, tweak, token, Dir::Decrypt)
+        self.transform(t, opts, tweak, token, Dir::Decrypt)
     }
 
     fn ff1(&self, radix: u32) -> &Ff1 {
@@ -270,7 +310,7 @@ impl Tokenizer {
     fn transform(
         &self,
         t: Template,
-        keep: PanKeep,
+        opts: &FieldOptions,
         user_tweak: &[u8],
         value: &str,
         dir: Dir,
@@ -370,7 +410,36 @@ impl Tokenizer {
                 s.chars[11] = character(mynumber_check_digit(&out), 10);
                 Ok(s.text())
             }
-            Template::Pan => self.pan(&mut tweak, keep, chars, dir),
+            Template::Pan => self.pan(&mut tweak, opts.keep, chars, dir),
+            Template::Custom => {
+                let a = opts
+                    .alphabet
+                    .as_ref()
+                    .ok_or_else(|| bad("the custom template needs an alphabet"))?;
+                let n: Vec<u16> = chars
+                    .iter()
+                    .map(|c| a.0.iter().position(|x| x == c).map(|p| p as u16))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| bad("the value has a character outside the alphabet"))?;
+                let domain =
+                    (0..n.len()).try_fold(1u64, |d, _| d.checked_mul(u64::from(a.radix())));
+                if domain.is_some_and(|d| d < kagi_crypto::ff1::MIN_DOMAIN) {
+                    return Err(bad(format!(
+                        "{} characters of a {}-character alphabet make fewer than 1,000,000 values",
+                        n.len(),
+                        a.radix()
+                    )));
+                }
+                tweak.push(0);
+                tweak.extend(a.0.iter().collect::<String>().bytes());
+                let ff = Ff1::new(&self.key, a.radix()).map_err(crypto)?;
+                let out = match dir {
+                    Dir::Encrypt => ff.encrypt(&tweak, n),
+                    Dir::Decrypt => ff.decrypt(&tweak, n),
+                }
+                .map_err(crypto)?;
+                Ok(out.iter().map(|&i| a.0[usize::from(i)]).collect())
+            }
         }
     }
 
@@ -605,12 +674,15 @@ mod tests {
     #[test]
     fn card_digits_kept_as_configured() {
         let t = tk();
-        let keep = PanKeep { first: 0, last: 4 };
+        let keep = |first, last| FieldOptions {
+            keep: PanKeep { first, last },
+            alphabet: None,
+        };
         let v = "4111111111111111";
-        let tok = t.tokenize_keeping(Template::Pan, keep, b"", v).unwrap();
+        let tok = t.tokenize_with(Template::Pan, &keep(0, 4), b"", v).unwrap();
         assert!(tok.ends_with("1111") && luhn_valid(&digits(&tok)));
         assert_eq!(
-            t.detokenize_keeping(Template::Pan, keep, b"", &tok)
+            t.detokenize_with(Template::Pan, &keep(0, 4), b"", &tok)
                 .unwrap(),
             v
         );
@@ -619,13 +691,55 @@ mod tests {
         let amex = "378282246310005";
         assert!(t.tokenize(Template::Pan, b"", amex).is_err());
         let tok = t
-            .tokenize_keeping(Template::Pan, PanKeep { first: 4, last: 4 }, b"", amex)
+            .tokenize_with(Template::Pan, &keep(4, 4), b"", amex)
             .unwrap();
         assert_eq!(
-            t.detokenize_keeping(Template::Pan, PanKeep { first: 4, last: 4 }, b"", &tok)
+            t.detokenize_with(Template::Pan, &keep(4, 4), b"", &tok)
                 .unwrap(),
             amex
         );
+    }
+
+    #[test]
+    fn custom_alphabets() {
+        let t = tk();
+        let hex = FieldOptions {
+            keep: PanKeep::default(),
+            alphabet: Some(Alphabet::parse("0123456789abcdef").unwrap()),
+        };
+        let v = "deadbeef";
+        let tok = t.tokenize_with(Template::Custom, &hex, b"", v).unwrap();
+        assert!(tok.len() == 8 && tok.chars().all(|c| c.is_ascii_hexdigit()) && tok != v);
+        assert_eq!(
+            t.detokenize_with(Template::Custom, &hex, b"", &tok)
+                .unwrap(),
+            v
+        );
+        let kana = FieldOptions {
+            keep: PanKeep::default(),
+            alphabet: Some(Alphabet::parse("アイウエオカキクケコ").unwrap()),
+        };
+        let tok = t
+            .tokenize_with(Template::Custom, &kana, b"", "アイウエオカ")
+            .unwrap();
+        assert_eq!(
+            t.detokenize_with(Template::Custom, &kana, b"", &tok)
+                .unwrap(),
+            "アイウエオカ"
+        );
+        assert!(
+            t.tokenize_with(Template::Custom, &hex, b"", "beef")
+                .is_err(),
+            "16^4 < 10^6"
+        );
+        assert!(t
+            .tokenize_with(Template::Custom, &hex, b"", "deadbeeg")
+            .is_err());
+        assert!(
+            t.tokenize(Template::Custom, b"", "deadbeef").is_err(),
+            "no alphabet"
+        );
+        assert!(Alphabet::parse("aa").is_err() && Alphabet::parse("a").is_err());
     }
 
     #[test]

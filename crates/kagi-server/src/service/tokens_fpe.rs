@@ -7,7 +7,7 @@
 //! made under an older version detokenize with that version named.
 
 use kagi_keys::{KeyType, Operation};
-use kagi_token::{PanKeep, Template, TokenError};
+use kagi_token::{FieldOptions, Template, TokenError};
 
 use super::{Caller, KeyService, Trail, EMPTY_CTX};
 use crate::ServiceError;
@@ -15,14 +15,14 @@ use crate::ServiceError;
 /// Most values in one batch.
 pub const MAX_BATCH: usize = 10_000;
 
-/// Which field tokens are for: the template, the card digits kept and the tweak. A token only
-/// detokenizes with the same field (and key version).
+/// Which field tokens are for: the template, its options (card digits kept, custom alphabet)
+/// and the tweak. A token only detokenizes with the same field (and key version).
 #[derive(Debug, Clone, Copy)]
 pub struct TokenField<'a> {
     /// The template.
     pub template: Template,
-    /// `pan`: digits kept.
-    pub keep: PanKeep,
+    /// Card digits kept, custom alphabet.
+    pub options: &'a FieldOptions,
     /// The FF1 tweak (e.g. `users.card`).
     pub tweak: &'a [u8],
 }
@@ -65,7 +65,7 @@ impl KeyService {
     ) -> Result<(u32, Vec<String>), ServiceError> {
         let TokenField {
             template,
-            keep,
+            options,
             tweak,
         } = field;
         let mut t = Trail::new("tokenize", Some(key), &EMPTY_CTX, None);
@@ -90,7 +90,7 @@ impl KeyService {
                 .iter()
                 .enumerate()
                 .map(|(i, x)| {
-                    tk.tokenize_keeping(template, keep, tweak, x)
+                    tk.tokenize_with(template, options, tweak, x)
                         .map_err(|e| token_error(i, e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -111,7 +111,7 @@ impl KeyService {
     ) -> Result<Vec<String>, ServiceError> {
         let TokenField {
             template,
-            keep,
+            options,
             tweak,
         } = field;
         let mut t = Trail::new("detokenize", Some(key), &EMPTY_CTX, None);
@@ -137,7 +137,7 @@ impl KeyService {
                 .iter()
                 .enumerate()
                 .map(|(i, x)| {
-                    tk.detokenize_keeping(template, keep, tweak, x)
+                    tk.detokenize_with(template, options, tweak, x)
                         .map_err(|e| token_error(i, e))
                 })
                 .collect()
