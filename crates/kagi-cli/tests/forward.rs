@@ -192,25 +192,9 @@ fn forwarding_over_tls_to_rsyslog() {
         );
         return;
     }
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "siem test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let srv_key = KeyPair::generate().unwrap();
-    let srv_cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&srv_key, &issuer)
-        .unwrap();
-    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(d.join("srv.pem"), srv_cert.pem()).unwrap();
-    std::fs::write(d.join("srv.key"), srv_key.serialize_pem()).unwrap();
+    support::test_ca(d, "srv", &["localhost"]);
     let port = free_port();
     let rs = rsyslog_tls(d, port);
     let to = format!("tls://localhost:{port}");

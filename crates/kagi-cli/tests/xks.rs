@@ -7,29 +7,15 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{CertificateParams, DnType, KeyPair};
 use support::{free_port, have, skip, Server};
 
 /// KMS's client certificate subject in the region the test pretends to be.
 const KMS_SUBJECT: &str = "cks.kms.us-east-1.amazonaws.com";
 
 fn write_certs(d: &Path) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "xks test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let mut files = vec![("ca.pem".to_string(), ca.pem())];
-    let srv_key = KeyPair::generate().unwrap();
-    let srv = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&srv_key, &issuer)
-        .unwrap();
-    files.push(("srv.pem".into(), srv.pem()));
-    files.push(("srv.key".into(), srv_key.serialize_pem()));
+    let issuer = support::test_ca(d, "srv", &["localhost", "127.0.0.1"]);
+    let mut files = Vec::new();
     for (name, cn, expired, self_signed) in [
         ("kms", KMS_SUBJECT, false, false),
         ("expired", KMS_SUBJECT, true, false),

@@ -360,24 +360,32 @@ pub fn sql_str(s: &str) -> String {
 
 /// A test CA (`ca.pem`), a gateway certificate for `gateway_san` (`gw.pem`, `gw.key`) and a
 /// client certificate per name (`NAME.pem`, `NAME.key`, subject CN = NAME) in `d`.
-pub fn perimeter_certs(d: &Path, gateway_san: &str, clients: &[&str]) {
+/// A test CA (`ca.pem`) and a server certificate for `sans` (`{server}.pem`, `{server}.key`)
+/// in `d`; returns the CA to sign more certificates with.
+pub fn test_ca(d: &Path, server: &str, sans: &[&str]) -> rcgen::Issuer<'static, rcgen::KeyPair> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "kagi perimeter test CA");
+        .push(DnType::CommonName, "kagi test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-    let gw_key = KeyPair::generate().unwrap();
-    let gw = CertificateParams::new(vec![gateway_san.to_string()])
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .unwrap()
-        .signed_by(&gw_key, &issuer)
+        .signed_by(&key, &issuer)
         .unwrap();
-    std::fs::write(d.join("gw.pem"), gw.pem()).unwrap();
-    std::fs::write(d.join("gw.key"), gw_key.serialize_pem()).unwrap();
+    std::fs::write(d.join(format!("{server}.pem")), cert.pem()).unwrap();
+    std::fs::write(d.join(format!("{server}.key")), key.serialize_pem()).unwrap();
+    issuer
+}
+
+pub fn perimeter_certs(d: &Path, gateway_san: &str, clients: &[&str]) {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let issuer = test_ca(d, "gw", &[gateway_san]);
     for who in clients {
         let k = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
