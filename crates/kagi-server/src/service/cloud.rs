@@ -321,16 +321,10 @@ impl KeyService {
                 "credentials need at least one policy".into(),
             ));
         }
-        for p in &policies {
-            if self.store.get_policy(p).await?.is_none() {
-                return Err(ServiceError::NotFound(format!("policy {p} does not exist")));
-            }
-            if !c.root && !c.policies.contains(p) {
-                return Err(ServiceError::Denied(format!(
-                    "permission denied: credentials can only carry policies the caller holds, and it does not hold {p}"
-                )));
-            }
-        }
+        self.check_grantable(c, &policies, |p| {
+            format!("permission denied: credentials can only carry policies the caller holds, and it does not hold {p}")
+        })
+        .await?;
         let (id, secret) = kagi_aws::new_credential("KAGI");
         let out = (id.clone(), secret.clone());
         let by = c.principal.clone();

@@ -1167,6 +1167,20 @@ impl KeyService {
         self.load(rec).await
     }
 
+    /// `k` with version `v` loaded, if it has one: a cached key that lacks it is reloaded once,
+    /// since another node may have rotated the key since this one cached it.
+    async fn with_version(
+        &self,
+        k: Arc<LoadedKey>,
+        v: u32,
+    ) -> Result<Arc<LoadedKey>, ServiceError> {
+        if k.versions.contains_key(&v) || k.record.state == KeyState::Destroyed {
+            return Ok(k);
+        }
+        self.forget(&k.record.name)?;
+        self.key(&k.record.name).await
+    }
+
     /// Drops a key from the cache after a lifecycle change; the next use reloads it from
     /// the store, so every node-local view follows the stored state.
     fn forget(&self, name: &str) -> Result<(), ServiceError> {
@@ -1331,12 +1345,8 @@ impl KeyService {
     ) -> Result<Unwrapped, ServiceError> {
         self.master()?;
         let b = WrappedBlob::parse(blob)?;
-        let mut k = self.key_by_id(&b.key_id).await?;
-        if !k.versions.contains_key(&b.version) && k.record.state != KeyState::Destroyed {
-            // Another node may have rotated since this one cached the key.
-            self.forget(&k.record.name)?;
-            k = self.key_by_id(&b.key_id).await?;
-        }
+        let k = self.key_by_id(&b.key_id).await?;
+        let k = self.with_version(k, b.version).await?;
         t.key = Some(k.record.name.clone());
         t.version = Some(b.version);
         self.check(c, op, Some(&k.record.name), ctx, just)?;
@@ -1785,6 +1795,25 @@ impl KeyService {
 
     // ---------------------------------------------------------------- tokens
 
+    /// Every policy in `policies` exists and, unless `c` is root, `c` holds it itself, so that
+    /// what `c` hands out is never stronger than `c`; `refusal` words the denial for a policy.
+    pub(crate) async fn check_grantable(
+        &self,
+        c: &Caller,
+        policies: &[String],
+        refusal: impl Fn(&str) -> String,
+    ) -> Result<(), ServiceError> {
+        for p in policies {
+            if self.store.get_policy(p).await?.is_none() {
+                return Err(ServiceError::NotFound(format!("policy {p} does not exist")));
+            }
+            if !c.root && !c.policies.contains(p) {
+                return Err(ServiceError::Denied(refusal(p)));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a token carrying `policies`. A non-root caller can only hand out policies it
     /// holds itself, so a token can never create a more powerful one.
     pub async fn create_token(
@@ -1799,15 +1828,10 @@ impl KeyService {
             if policies.is_empty() {
                 return Err(ServiceError::BadRequest("a token needs at least one policy".into()));
             }
-            for p in policies {
-                if self.store.get_policy(p).await?.is_none() {
-                    return Err(ServiceError::NotFound(format!("policy {p} does not exist")));
-                }
-                if !c.root && !c.policies.contains(p) {
-                    return Err(ServiceError::Denied(format!("permission denied: a token can only grant policies it holds itself, and it does not hold {p}")));
-                }
-            }
-            Ok(())
+            self.check_grantable(c, policies, |p| {
+                format!("permission denied: a token can only grant policies it holds itself, and it does not hold {p}")
+            })
+            .await
         }
         .await;
         self.checked(c, &t, pre).await?;

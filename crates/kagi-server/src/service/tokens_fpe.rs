@@ -129,6 +129,7 @@ impl KeyService {
             let k = self.fpe_key(c, Operation::Detokenize, key).await?;
             let v = version.unwrap_or_else(|| k.record.current_version());
             t.version = Some(v);
+            let k = self.with_version(k, v).await?;
             let tk = k
                 .tokenizers
                 .get(&v)

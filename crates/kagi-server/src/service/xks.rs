@@ -136,16 +136,12 @@ impl KeyService {
         let r = async {
             self.master()?;
             self.check(c, Operation::Decrypt, Some(key), ctx, None)?;
-            let mut k = self.key(key).await?;
+            let k = self.key(key).await?;
             Self::usable(&k.record, "decrypt")?;
             let v = xks::metadata_version(&input.ciphertext_metadata)
                 .map_err(|e| ServiceError::InvalidCiphertext(e.message))?;
             t.version = Some(v);
-            if !k.versions.contains_key(&v) {
-                // Another node may have rotated since this one cached the key.
-                self.forget(key)?;
-                k = self.key(key).await?;
-            }
+            let k = self.with_version(k, v).await?;
             let aead = k.versions.get(&v).ok_or_else(|| {
                 ServiceError::InvalidCiphertext(format!("key {key} has no version {v}"))
             })?;
