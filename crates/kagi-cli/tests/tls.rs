@@ -9,35 +9,16 @@ use support::{assert_one_line_error, free_port, Server};
 
 #[test]
 fn tls_with_client_certificates_mapped_to_policies() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rcgen::{CertificateParams, DnType, KeyPair};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kagi test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let srv_key = KeyPair::generate().unwrap();
-    let srv = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&srv_key, &issuer)
-        .unwrap();
+    let issuer = support::test_ca(d, "srv", &["localhost", "127.0.0.1"]);
     let cli_key = KeyPair::generate().unwrap();
     let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
     cp.distinguished_name.push(DnType::CommonName, "app1");
     let cli = cp.signed_by(&cli_key, &issuer).unwrap();
-    for (n, t) in [
-        ("ca.pem", ca.pem()),
-        ("srv.pem", srv.pem()),
-        ("srv.key", srv_key.serialize_pem()),
-        ("cli.pem", cli.pem()),
-        ("cli.key", cli_key.serialize_pem()),
-    ] {
-        std::fs::write(d.join(n), t).unwrap();
-    }
+    std::fs::write(d.join("cli.pem"), cli.pem()).unwrap();
+    std::fs::write(d.join("cli.key"), cli_key.serialize_pem()).unwrap();
     let port = free_port();
     let cfg = d.join("kagi.toml");
     std::fs::write(
