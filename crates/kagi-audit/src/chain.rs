@@ -123,13 +123,83 @@ where
     I: IntoIterator<Item = (Option<u64>, String)>,
 {
     let mut cps = checkpoints.iter().peekable();
-    let mut prev_hash = GENESIS_HASH.to_string();
-    let mut n: u64 = 0;
-    let mut checked = 0usize;
-    let mut cp_key: Option<String> = None;
+    let mut v = ChainVerifier::new();
     for (stored_seq, line) in records {
-        let expected = n + 1;
-        let v: Value = serde_json::from_str(&line)
+        let rec = v.push(stored_seq, &line)?;
+        while let Some(cp) = cps.peek() {
+            if cp.seq > rec.seq {
+                break;
+            }
+            if cp.seq == rec.seq {
+                v.checkpoint(cp)?;
+            }
+            cps.next();
+        }
+    }
+    if let Some(cp) = cps.next() {
+        return Err(fail(
+            v.n + 1,
+            format!(
+                "missing: a signed checkpoint covers records up to {}, but the log ends at {}",
+                cp.seq, v.n
+            ),
+        ));
+    }
+    Ok(v.report())
+}
+
+/// Verifies a chain one record at a time, so a reader that follows the log (the console)
+/// keeps a verified position without reading the log again.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    prev_hash: String,
+    n: u64,
+    checked: usize,
+    cp_key: Option<String>,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainVerifier {
+    /// Before record 1.
+    pub fn new() -> Self {
+        Self {
+            prev_hash: GENESIS_HASH.to_string(),
+            n: 0,
+            checked: 0,
+            cp_key: None,
+        }
+    }
+
+    /// The last record verified (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.n
+    }
+
+    /// What has been verified so far.
+    pub fn report(&self) -> VerifyReport {
+        VerifyReport {
+            records: self.n,
+            last_seq: self.n,
+            last_hash: self.prev_hash.clone(),
+            checkpoints: self.checked,
+            checkpoint_key: self.cp_key.clone(),
+        }
+    }
+
+    /// Verifies the next record (`stored_seq` is where the store keeps it, if it says) and
+    /// returns it parsed. After an error the verifier stays where it was.
+    pub fn push(
+        &mut self,
+        stored_seq: Option<u64>,
+        line: &str,
+    ) -> Result<AuditRecord, VerifyFailure> {
+        let expected = self.n + 1;
+        let v: Value = serde_json::from_str(line)
             .map_err(|e| fail(expected, format!("record is not valid JSON ({e})")))?;
         let rec: AuditRecord = serde_json::from_value(v.clone()).map_err(|e| {
             fail(
@@ -170,7 +240,7 @@ where
                 "content does not match its hash: the record was altered",
             ));
         }
-        if rec.prev_hash != prev_hash {
+        if rec.prev_hash != self.prev_hash {
             // This record is intact (its own hash matches), so the one before it changed.
             return Err(if expected == 1 {
                 fail(
@@ -181,62 +251,50 @@ where
                 fail(expected - 1, format!("record {expected} does not chain to it: it was altered and re-hashed, or replaced"))
             });
         }
-        while let Some(cp) = cps.peek() {
-            if cp.seq > rec.seq {
-                break;
-            }
-            if cp.seq == rec.seq {
-                if cp.hash != rec.hash {
-                    return Err(fail(
-                        rec.seq,
-                        "differs from the signed checkpoint at this record",
-                    ));
-                }
-                let pk = hex::decode(&cp.public_key).unwrap_or_default();
-                let sig = hex::decode(&cp.signature).unwrap_or_default();
-                kagi_crypto::verify_ed25519(
-                    &pk,
-                    &checkpoint_message(cp.seq, &cp.hash, &cp.time),
-                    &sig,
-                )
-                .map_err(|_| {
-                    fail(
-                        rec.seq,
-                        "the checkpoint signature at this record does not verify",
-                    )
-                })?;
-                if let Some(k) = &cp_key {
-                    if k != &cp.public_key {
-                        return Err(fail(
-                            rec.seq,
-                            "checkpoint signed with a different key than earlier checkpoints",
-                        ));
-                    }
-                }
-                cp_key = Some(cp.public_key.clone());
-                checked += 1;
-            }
-            cps.next();
+        self.prev_hash = rec.hash.clone();
+        self.n = expected;
+        Ok(rec)
+    }
+
+    /// Checks a signed checkpoint at the record just pushed (`cp.seq` must be
+    /// [`last_seq`](Self::last_seq)).
+    pub fn checkpoint(&mut self, cp: &Checkpoint) -> Result<(), VerifyFailure> {
+        if cp.seq != self.n {
+            return Err(fail(
+                cp.seq,
+                format!(
+                    "checkpoint for record {} checked at record {}",
+                    cp.seq, self.n
+                ),
+            ));
         }
-        prev_hash = rec.hash;
-        n = expected;
+        if cp.hash != self.prev_hash {
+            return Err(fail(
+                cp.seq,
+                "differs from the signed checkpoint at this record",
+            ));
+        }
+        let pk = hex::decode(&cp.public_key).unwrap_or_default();
+        let sig = hex::decode(&cp.signature).unwrap_or_default();
+        kagi_crypto::verify_ed25519(&pk, &checkpoint_message(cp.seq, &cp.hash, &cp.time), &sig)
+            .map_err(|_| {
+                fail(
+                    cp.seq,
+                    "the checkpoint signature at this record does not verify",
+                )
+            })?;
+        if let Some(k) = &self.cp_key {
+            if k != &cp.public_key {
+                return Err(fail(
+                    cp.seq,
+                    "checkpoint signed with a different key than earlier checkpoints",
+                ));
+            }
+        }
+        self.cp_key = Some(cp.public_key.clone());
+        self.checked += 1;
+        Ok(())
     }
-    if let Some(cp) = cps.next() {
-        return Err(fail(
-            n + 1,
-            format!(
-                "missing: a signed checkpoint covers records up to {}, but the log ends at {n}",
-                cp.seq
-            ),
-        ));
-    }
-    Ok(VerifyReport {
-        records: n,
-        last_seq: n,
-        last_hash: prev_hash,
-        checkpoints: checked,
-        checkpoint_key: cp_key,
-    })
 }
 
 #[cfg(test)]

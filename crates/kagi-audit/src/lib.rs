@@ -12,7 +12,9 @@ mod export;
 mod record;
 mod writer;
 
-pub use chain::{checkpoint_message, verify, VerifyFailure, VerifyReport, GENESIS_HASH};
+pub use chain::{
+    checkpoint_message, verify, ChainVerifier, VerifyFailure, VerifyReport, GENESIS_HASH,
+};
 pub use error::AuditError;
 pub use export::{to_cef, to_syslog, ExportFormat};
 pub use record::{AuditEvent, AuditRecord, Outcome};
