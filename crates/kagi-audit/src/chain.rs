@@ -268,7 +268,23 @@ impl ChainVerifier {
                 ),
             ));
         }
-        if cp.hash != self.prev_hash {
+        let hash = self.prev_hash.clone();
+        self.checkpoint_at(cp, &hash)
+    }
+
+    /// Checks a signed checkpoint at an already verified record whose hash is `hash` (a
+    /// checkpoint can be signed after its record was read).
+    pub fn checkpoint_at(&mut self, cp: &Checkpoint, hash: &str) -> Result<(), VerifyFailure> {
+        if cp.seq > self.n {
+            return Err(fail(
+                cp.seq,
+                format!(
+                    "checkpoint for record {} is past the verified record {}",
+                    cp.seq, self.n
+                ),
+            ));
+        }
+        if cp.hash != hash {
             return Err(fail(
                 cp.seq,
                 "differs from the signed checkpoint at this record",

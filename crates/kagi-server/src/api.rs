@@ -33,6 +33,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The verified client certificate's subject CN, if the client sent one.
     pub cert_cn: Option<String>,
+    /// Whether the connection is TLS (the console marks its cookie `Secure` then).
+    pub tls: bool,
 }
 
 /// Shared state of the HTTP front-end.
@@ -52,9 +54,9 @@ pub struct ErrorBody {
 /// An error response.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: &'static str,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -1497,6 +1499,7 @@ pub fn router(svc: AppState) -> Router {
             post(crate::cloud_api::create_aws_credentials),
         )
         .route("/", post(crate::kms_api::handle))
+        .nest_service("/ui", crate::console::router(svc.clone()))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

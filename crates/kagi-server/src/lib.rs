@@ -9,6 +9,7 @@ pub mod backup;
 mod cloud_api;
 pub mod compliance;
 pub mod config;
+pub mod console;
 mod error;
 pub mod forward;
 mod kms_api;

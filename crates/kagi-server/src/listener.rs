@@ -157,6 +157,7 @@ pub async fn serve(
                         ConnInfo {
                             peer,
                             cert_cn: None,
+                            tls: false,
                         },
                     )
                     .await
@@ -169,7 +170,16 @@ pub async fn serve(
                             .peer_certificates()
                             .and_then(|c| c.first())
                             .and_then(subject_cn);
-                        serve_conn(stream, router, ConnInfo { peer, cert_cn: cn }).await
+                        serve_conn(
+                            stream,
+                            router,
+                            ConnInfo {
+                                peer,
+                                cert_cn: cn,
+                                tls: true,
+                            },
+                        )
+                        .await
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 },

@@ -76,6 +76,8 @@ pub struct Caller {
     pub request_id: String,
     /// Token hash, for self-revocation.
     pub token_hash: Option<[u8; 32]>,
+    /// When the token expires (unix seconds); the console's session ends then too.
+    pub expires_at: Option<i64>,
 }
 
 /// A fresh request id: 24 hex digits, a random per-process prefix and a counter, so ids are
@@ -103,6 +105,7 @@ impl Caller {
             source,
             request_id,
             token_hash: None,
+            expires_at: None,
         }
     }
 
@@ -114,6 +117,7 @@ impl Caller {
             source: None,
             request_id: format!("system-{}", hex::encode(kagi_crypto::random_array::<8>())),
             token_hash: None,
+            expires_at: None,
         }
     }
 }
@@ -578,6 +582,7 @@ impl KeyService {
             c.root = rec.root;
             c.policies = rec.policies;
             c.token_hash = Some(hash);
+            c.expires_at = rec.expires_at;
             return Ok(());
         }
         if let Some(cn) = cert_cn {
@@ -1886,6 +1891,26 @@ impl KeyService {
     }
 
     // ---------------------------------------------------------------- audit
+
+    /// Whether the caller's policies allow `op` on `key` now, without recording anything: for
+    /// a user interface deciding which controls to offer (the action itself is checked and
+    /// recorded again when it is requested).
+    pub fn may(&self, c: &Caller, op: Operation, key: Option<&str>) -> bool {
+        self.check(c, op, key, &EMPTY_CTX, None).is_ok()
+    }
+
+    /// Records a successful action that is not a key operation (a console sign-in or
+    /// sign-out); fails closed like every operation when the audit log cannot record it.
+    pub async fn record_action(
+        &self,
+        c: &Caller,
+        operation: &'static str,
+        note: String,
+    ) -> Result<(), ServiceError> {
+        let mut t = Trail::new(operation, None, &EMPTY_CTX, None);
+        t.note = Some(note);
+        self.finish(c, t, Ok(())).await
+    }
 
     /// Checks the caller may read the audit log, and records that it did.
     pub async fn authorize_audit(
