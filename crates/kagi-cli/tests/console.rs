@@ -1,5 +1,6 @@
 //! The custodian console (`/ui`): its HTTP rules with curl, and the whole custodian's path in
 //! a real headless Chromium driven by Playwright (`console.mjs`).
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
