@@ -82,7 +82,20 @@ pub fn router(svc: AppState) -> Router {
         .route("/policies/{name}/delete", post(policies_page::delete))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(server_timing))
         .with_state(state)
+}
+
+/// `Server-Timing: app;dur=MS`: how long the server took for a page (what
+/// `scripts/bench-console` measures).
+async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let t = std::time::Instant::now();
+    let mut r = next.run(req).await;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={ms:.3}")) {
+        r.headers_mut().insert("server-timing", v);
+    }
+    r
 }
 
 async fn security_headers(mut r: Response) -> Response {
