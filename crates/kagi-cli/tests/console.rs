@@ -122,6 +122,14 @@ fn console_http_rules() {
         cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"),
         "{cookie_line}"
     );
+    // Names with a slash are one path segment.
+    s.ok(&["key", "create", "team/app"]);
+    let (st, r) = curl(&jar, &[&format!("{ui}/keys")]);
+    assert_eq!(st, 200);
+    assert!(r.contains("href=\"/ui/keys/team%2Fapp\""), "{r}");
+    let (st, r) = curl(&jar, &[&format!("{ui}/keys/team%2Fapp")]);
+    assert_eq!(st, 200, "{r}");
+    assert!(r.contains("<h1>team/app</h1>"), "{r}");
     let (st, page) = curl(&jar, &[&format!("{ui}/keys/k1")]);
     assert_eq!(st, 200);
     assert!(!page.contains(&s.token), "the token is never rendered");

@@ -81,6 +81,7 @@ fn step(
         ix.ingest(*seq, line);
     }
     ix.log_head = ix.log_head.max(head);
+    ix.started = true;
     {
         ix.check_checkpoints(&cps, |seq| {
             store

@@ -73,6 +73,7 @@ pub(crate) async fn list(
     };
     let body = html! {
         @if let Some(f) = flash { p class="note" role="status" { (f) } }
+        (layout::catching_up(&ix))
         form class="filters" method="get" action="/ui/keys" role="search" {
             label for="q" { "Name contains" }
             input id="q" name="q" type="search" value=(q.q);
@@ -129,7 +130,9 @@ pub(crate) async fn list(
             form method="post" action="/ui/keys" {
                 (csrf_field(&ui))
                 label for="new-name" { "Name" }
-                input id="new-name" name="name" required pattern="[A-Za-z0-9_.\\-]{1,128}";
+                input id="new-name" name="name" required pattern="[A-Za-z0-9_.\\/\\-]{1,128}"
+                    aria-describedby="new-name-help";
+                p id="new-name-help" class="help" { "Letters, digits and . _ - / (up to 128)." }
                 label for="new-desc" { "Description" }
                 input id="new-desc" name="description";
                 label for="new-type" { "Type" }
@@ -246,9 +249,12 @@ pub(crate) async fn show(
         "cancelled" => Some("Deletion cancelled; the key is disabled until enabled."),
         _ => None,
     };
-    let activity = {
+    let (activity, indexing) = {
         let ix = st.index.read();
-        activity_markup(ix.key(&k.name), t, &q.range)
+        (
+            activity_markup(ix.key(&k.name), t, &q.range),
+            layout::catching_up(&ix),
+        )
     };
     let enc = urlencode(&k.name);
     let action = |a: &str| format!("/ui/keys/{enc}/{a}");
@@ -334,6 +340,7 @@ pub(crate) async fn show(
         }
         section aria-labelledby="use-h" {
             h2 id="use-h" { "Use" }
+            (indexing)
             nav class="ranges" aria-label="Chart range" {
                 @for (v, label, _, _) in RANGES {
                     @if v == rq {

@@ -148,3 +148,18 @@ pub(crate) fn span(secs: i64) -> String {
 pub(crate) fn outcome_badge(o: kagi_audit::Outcome) -> Markup {
     html! { span class=(format!("badge {}", o.as_str())) { (o.as_str()) } }
 }
+
+/// A note while the usage index is still reading the log (counts are partial until then).
+pub(crate) fn catching_up(ix: &super::usage::UsageIndex) -> maud::Markup {
+    html! {
+        @if let Some((read, head)) = ix.catching_up() {
+            p class="note" role="status" id="indexing" {
+                @if head == 0 {
+                    "Reading the audit log for the usage figures…"
+                } @else {
+                    "Reading the audit log for the usage figures: " (read) " of " (head) " records so far."
+                }
+            }
+        }
+    }
+}

@@ -188,6 +188,8 @@ pub struct UsageIndex {
     checkpoints_seen: usize,
     /// The log's last record when the indexer last looked (for progress while catching up).
     pub log_head: u64,
+    /// Whether the indexer has looked at the store at least once.
+    pub started: bool,
 }
 
 impl UsageIndex {
@@ -314,6 +316,13 @@ impl UsageIndex {
     /// store).
     pub fn oldest_recent(&self) -> Option<u64> {
         self.recent.front().map(|a| a.seq)
+    }
+
+    /// While the index is still reading the log: (records read, records in the log); the
+    /// log size is 0 before the first look.
+    pub fn catching_up(&self) -> Option<(u64, u64)> {
+        let read = self.next_seq() - 1;
+        (!self.started || read < self.log_head).then_some((read, self.log_head))
     }
 
     /// How far the chain is verified.
