@@ -62,6 +62,16 @@ pub struct ServerArgs {
     /// For --forward-to tls://: the receiver's CA (dev).
     #[arg(long = "forward-ca-cert", requires = "forward_to", value_name = "FILE")]
     forward_ca_cert: Option<PathBuf>,
+    /// The console's Perimeter page: the controller's state (SQLite file or postgres:// URL) (dev).
+    #[arg(long = "console-perimeter-state", value_name = "STATE")]
+    console_perimeter_state: Option<String>,
+    /// A perimeter audit chain (SQLite) for the Perimeter page; repeat for several (dev).
+    #[arg(
+        long = "console-perimeter-audit",
+        value_name = "FILE",
+        requires = "console_perimeter_state"
+    )]
+    console_perimeter_audit: Vec<PathBuf>,
 }
 
 pub fn host_name() -> String {
@@ -212,7 +222,21 @@ async fn run_dev(a: ServerArgs) -> Result<(), Fail> {
     println!("export KAGI_TOKEN={root}");
     use std::io::Write;
     std::io::stdout().flush()?;
-    serve(svc, listener, None, std::time::Duration::from_secs(1)).await
+    let console = kagi_server::config::ConsoleFileConfig {
+        perimeter_state: a.console_perimeter_state.clone(),
+        perimeter_state_env: None,
+        perimeter_audit: a.console_perimeter_audit.clone(),
+    }
+    .resolve()
+    .map_err(Fail)?;
+    serve(
+        svc,
+        listener,
+        None,
+        std::time::Duration::from_secs(1),
+        console,
+    )
+    .await
 }
 
 async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
@@ -256,6 +280,7 @@ async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
             durable_audit: true,
         }
     };
+    let console = cfg.console.resolve().map_err(Fail)?;
     let (store, audit) = open_stores(backend).await?;
     let opts = ServiceOptions {
         node: cfg.node.clone().unwrap_or_else(host_name),
@@ -297,7 +322,14 @@ async fn run_config(cfg: ServerConfig) -> Result<(), Fail> {
         .map_err(fail(&format!("cannot listen on {}", cfg.listen)))?;
     let st = svc.status().map_err(|e| Fail(e.to_string()))?;
     tracing::info!(listen = %cfg.listen, tls = tls.is_some(), initialized = st.initialized, sealed = st.sealed, "kagi key service started");
-    serve(svc, listener, tls, std::time::Duration::from_secs(5)).await
+    serve(
+        svc,
+        listener,
+        tls,
+        std::time::Duration::from_secs(5),
+        console,
+    )
+    .await
 }
 
 async fn serve(
@@ -305,6 +337,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<kagi_server::TlsAcceptor>,
     maintenance_every: std::time::Duration,
+    console: kagi_server::console::ConsoleOptions,
 ) -> Result<(), Fail> {
     // Automatic rotation and the end of deletion windows.
     let maint = svc.clone();
@@ -317,7 +350,7 @@ async fn serve(
             }
         }
     });
-    let router = kagi_server::api::router(svc);
+    let router = kagi_server::api::router_with(svc, console);
     tokio::select! {
         r = kagi_server::serve(listener, router, tls) => r.map_err(fail("server stopped")),
         _ = shutdown_signal() => { tracing::info!("shutting down"); Ok(()) }

@@ -275,6 +275,59 @@ fn controller_enrollment_and_gateway_on_loopback_and_bad_input_refused() {
         "alice"
     ))));
     assert_one_line_error(&ctl(&["revoke", "alice"]), "alice");
+
+    // The key service's console shows this perimeter: gateways with their last contact,
+    // identities, decisions from the gateway's and the controller's chains, changes.
+    let ks = support::Server::dev(
+        &d.join("ks"),
+        &[
+            "--console-perimeter-state",
+            &p("ctl.db"),
+            "--console-perimeter-audit",
+            &p("gw-audit.db"),
+            "--console-perimeter-audit",
+            &p("ctl-audit.db"),
+        ],
+    );
+    let jar = p("jar");
+    let curl = |args: &[&str]| {
+        let o = Command::new("curl")
+            .args(["-s", "-b", &jar, "-c", &jar])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    curl(&[
+        "--data-urlencode",
+        &format!("token={}", ks.token),
+        &format!("{}/ui/login", ks.addr),
+    ]);
+    let page = curl(&[&format!("{}/ui/perimeter", ks.addr)]);
+    assert!(
+        page.contains("<th scope=\"row\">gw1</th><td><time"),
+        "gw1's last contact: {page}"
+    );
+    assert!(
+        page.contains("cert:alice") && page.contains("perimeter.connect"),
+        "alice's connections: {page}"
+    );
+    assert!(
+        page.contains("perimeter.enroll"),
+        "the controller's enrollments: {page}"
+    );
+    assert!(
+        page.contains("perimeter policy replaced"),
+        "the changes: {page}"
+    );
+    assert!(
+        page.contains("<td>gateway</td>") && page.contains("<td>user</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("href=\"/ui/perimeter\""),
+        "the navigation names the page"
+    );
 }
 
 /// Several controllers share their state in PostgreSQL: a token created at one is redeemed at
@@ -436,4 +489,26 @@ fn two_controllers_share_state_on_postgres() {
         );
     }
     drop(procs);
+    // The console reads the shared state from PostgreSQL: the gateway's last contact is there.
+    let ks = support::Server::dev(&d.join("ks"), &["--console-perimeter-state", &url]);
+    let jar = p("jar");
+    let curl = |args: &[&str]| {
+        let o = Command::new("curl")
+            .args(["-s", "-b", &jar, "-c", &jar])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    curl(&[
+        "--data-urlencode",
+        &format!("token={}", ks.token),
+        &format!("{}/ui/login", ks.addr),
+    ]);
+    let page = curl(&[&format!("{}/ui/perimeter", ks.addr)]);
+    assert!(
+        page.contains("<th scope=\"row\">gw1</th><td><time"),
+        "gw1's last contact: {page}"
+    );
+    assert!(page.contains("alice"), "{page}");
 }

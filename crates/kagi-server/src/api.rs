@@ -1442,8 +1442,13 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
-/// The router for the native API.
+/// The router for the native API (and the console, with default options).
 pub fn router(svc: AppState) -> Router {
+    router_with(svc, crate::console::ConsoleOptions::default())
+}
+
+/// The router, with the console's options.
+pub fn router_with(svc: AppState, console: crate::console::ConsoleOptions) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/health/live", get(health_live))
@@ -1499,7 +1504,7 @@ pub fn router(svc: AppState) -> Router {
             post(crate::cloud_api::create_aws_credentials),
         )
         .route("/", post(crate::kms_api::handle))
-        .nest_service("/ui", crate::console::router(svc.clone()))
+        .nest_service("/ui", crate::console::router(svc.clone(), console))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -184,6 +184,50 @@ impl ForwardFileConfig {
     }
 }
 
+/// `[console]`: what the console shows besides the key service.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleFileConfig {
+    /// The perimeter controller's state (its `state`: a SQLite file, or a `postgres://` URL),
+    /// read for the Perimeter page.
+    #[serde(default)]
+    pub perimeter_state: Option<String>,
+    /// Name of an environment variable holding that `postgres://` URL, instead.
+    #[serde(default)]
+    pub perimeter_state_env: Option<String>,
+    /// Perimeter audit chains (SQLite files of the controller, gateways or spad) whose latest
+    /// SPA and connection decisions the Perimeter page lists.
+    #[serde(default)]
+    pub perimeter_audit: Vec<std::path::PathBuf>,
+}
+
+impl ConsoleFileConfig {
+    /// The console's settings.
+    pub fn resolve(&self) -> Result<crate::console::ConsoleOptions, String> {
+        let state = match (&self.perimeter_state, &self.perimeter_state_env) {
+            (Some(s), None) => Some(s.clone()),
+            (None, Some(v)) => Some(std::env::var(v).map_err(|_| {
+                format!("[console] perimeter_state_env = {v:?}, but that environment variable is not set")
+            })?),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(
+                    "[console] takes one of perimeter_state and perimeter_state_env".into(),
+                )
+            }
+        };
+        if state.is_none() && !self.perimeter_audit.is_empty() {
+            return Err("[console] perimeter_audit needs perimeter_state".into());
+        }
+        Ok(crate::console::ConsoleOptions {
+            perimeter: state.map(|state| crate::console::PerimeterSource {
+                state,
+                audit: self.perimeter_audit.clone(),
+            }),
+        })
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +257,9 @@ pub struct ServerConfig {
     /// SIEM forwarding targets.
     #[serde(default)]
     pub forward: Vec<ForwardFileConfig>,
+    /// The console's extra sources.
+    #[serde(default)]
+    pub console: ConsoleFileConfig,
 }
 
 impl ServerConfig {

@@ -440,6 +440,37 @@ impl PerimeterStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Notes that a gateway was in contact (a sync request) at `now` from `peer`; not part of
+    /// the perimeter state (no version bump).
+    pub fn record_contact(&self, identity: &str, now: i64, peer: &str) -> Result<(), StoreError> {
+        self.set_meta(&format!("contact:{identity}"), &format!("{now} {peer}"))
+    }
+
+    /// Every gateway's last contact: (identity, unix time, peer address), by identity.
+    pub fn contacts(&self) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let rows: Vec<(String, String)> = match self.sqlite() {
+            Ok(c) => {
+                let mut st = c.prepare(
+                    "SELECT k, v FROM perimeter_meta WHERE k LIKE 'contact:%' ORDER BY k",
+                )?;
+                let r = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                r.collect::<Result<_, _>>()?
+            }
+            Err(t) => t.run(pg::contacts)?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (at, peer) = v.split_once(' ')?;
+                Some((
+                    k.strip_prefix("contact:")?.to_string(),
+                    at.parse().ok()?,
+                    peer.to_string(),
+                ))
+            })
+            .collect())
+    }
+
     /// Changes after `seq`, oldest first.
     pub fn changes_since(&self, seq: i64) -> Result<Vec<Change>, StoreError> {
         let c = match self.sqlite() {
@@ -664,6 +695,17 @@ mod pg {
             enrolled_at: r.get(3),
             revoked_at: r.get(4),
         })
+        .collect())
+    }
+
+    pub fn contacts(c: &mut Client) -> R<Vec<(String, String)>> {
+        Ok(c.query(
+            "SELECT k, v FROM perimeter_meta WHERE k LIKE 'contact:%' ORDER BY k",
+            &[],
+        )
+        .map_err(pg_err)?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
         .collect())
     }
 

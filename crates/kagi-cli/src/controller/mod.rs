@@ -663,6 +663,13 @@ async fn handle(
             if !is_gateway {
                 return refuse(format!("{identity} is not a gateway"));
             }
+            // For the console's Perimeter page: when each gateway last asked.
+            if let Err(e) = ctl
+                .store
+                .record_contact(&identity, now(), &peer.to_string())
+            {
+                tracing::warn!(gateway = %identity, error = %e, "cannot record the gateway's contact");
+            }
             if snap.version <= since {
                 let mut rx = ctl.changed.subscribe();
                 let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|v| *v > since)).await;

@@ -11,6 +11,7 @@ pub(crate) enum Nav {
     Keys,
     Audit,
     Policies,
+    Perimeter,
 }
 
 fn head(title: &str) -> Markup {
@@ -51,6 +52,7 @@ pub(crate) fn shell(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
                             (item(Nav::Keys, "/ui/keys", "Keys"))
                             (item(Nav::Audit, "/ui/audit", "Audit"))
                             (item(Nav::Policies, "/ui/policies", "Policies"))
+                            @if ui.has_perimeter { (item(Nav::Perimeter, "/ui/perimeter", "Perimeter")) }
                         }
                     }
                     form class="signout" method="post" action="/ui/logout" {

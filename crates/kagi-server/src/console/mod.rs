@@ -13,6 +13,7 @@ pub mod charts;
 mod indexer;
 mod keys_page;
 mod layout;
+mod perimeter_page;
 mod policies_page;
 pub mod session;
 pub mod usage;
@@ -36,12 +37,29 @@ use session::{Session, Sessions};
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
 connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// What the console shows besides the key service (`[console]` in the server config).
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleOptions {
+    /// The perimeter, when kagi's controller runs beside the key service.
+    pub perimeter: Option<PerimeterSource>,
+}
+
+/// Where the Perimeter page reads from.
+#[derive(Debug, Clone)]
+pub struct PerimeterSource {
+    /// The controller's state: a SQLite file or a `postgres://` URL.
+    pub state: String,
+    /// Perimeter audit chains (SQLite files).
+    pub audit: Vec<std::path::PathBuf>,
+}
+
 /// What the console's handlers share.
 #[derive(Clone)]
 pub(crate) struct Console {
     svc: AppState,
     sessions: Arc<Sessions>,
     index: Arc<indexer::Index>,
+    perimeter: Option<Arc<perimeter_page::Perimeter>>,
 }
 
 impl std::fmt::Debug for Console {
@@ -51,12 +69,15 @@ impl std::fmt::Debug for Console {
 }
 
 /// The console's routes, to be nested at `/ui`.
-pub fn router(svc: AppState) -> Router {
+pub fn router(svc: AppState, opts: ConsoleOptions) -> Router {
     let index = Arc::new(indexer::Index::new(svc.audit().store().clone()));
     let state = Console {
         svc,
         sessions: Arc::new(Sessions::default()),
         index,
+        perimeter: opts
+            .perimeter
+            .map(|p| Arc::new(perimeter_page::Perimeter::new(p))),
     };
     Router::new()
         .route("/", get(home))
@@ -80,6 +101,7 @@ pub fn router(svc: AppState) -> Router {
         )
         .route("/policies/{name}/dry-run", post(policies_page::dry_run))
         .route("/policies/{name}/delete", post(policies_page::delete))
+        .route("/perimeter", get(perimeter_page::show))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn(server_timing))
@@ -169,6 +191,8 @@ pub(crate) struct Ui {
     caller: Caller,
     session: Arc<Session>,
     cookie: String,
+    /// Whether the Perimeter page exists (for the navigation).
+    has_perimeter: bool,
 }
 
 impl std::fmt::Debug for Ui {
@@ -243,6 +267,7 @@ impl FromRequestParts<Console> for Ui {
                 caller,
                 session,
                 cookie: cookie.to_string(),
+                has_perimeter: st.perimeter.is_some(),
             }),
             Err(_) => {
                 st.sessions.remove(cookie);

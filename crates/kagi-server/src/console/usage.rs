@@ -26,6 +26,8 @@ pub struct Access {
     pub at: i64,
     /// RFC 3339 as recorded.
     pub time: String,
+    /// The node that recorded it.
+    pub node: String,
     /// Who.
     pub principal: String,
     /// From where.
@@ -59,6 +61,7 @@ impl Access {
             seq: r.seq,
             at,
             time: r.event.time,
+            node: r.event.node,
             principal: r.event.principal,
             source: r.event.source,
             operation: r.event.operation,
