@@ -339,4 +339,28 @@ mod tests {
         let typo = ok.replace("[seal]", "lisen = 1\n[seal]");
         assert!(ServerConfig::parse(&typo).unwrap_err().contains("lisen"));
     }
+
+    #[test]
+    fn console_section_is_checked() {
+        let base = "listen = \"127.0.0.1:7300\"\n[storage]\nbackend = \"sqlite\"\npath = \"/tmp/k.db\"\n[seal]\ntype = \"shamir\"\n";
+        let with = |c: &str| ServerConfig::parse(&format!("{base}[console]\n{c}")).unwrap();
+        let o = with("perimeter_state = \"/s.db\"\nperimeter_audit = [\"/a.db\"]\n")
+            .console
+            .resolve()
+            .unwrap();
+        let p = o.perimeter.unwrap();
+        assert_eq!((p.state.as_str(), p.audit.len()), ("/s.db", 1));
+        assert!(with("perimeter_audit = [\"/a.db\"]\n")
+            .console
+            .resolve()
+            .unwrap_err()
+            .contains("needs perimeter_state"));
+        assert!(with("perimeter_state = \"x\"\nperimeter_state_env = \"Y\"\n")
+            .console
+            .resolve()
+            .unwrap_err()
+            .contains("one of"));
+        assert!(ServerConfig::parse(&format!("{base}[console]\nperimeter = 1\n")).is_err());
+        assert!(ServerConfig::parse(base).unwrap().console.resolve().unwrap().perimeter.is_none());
+    }
 }
