@@ -156,6 +156,12 @@ pub fn normalize_prefix(p: &str) -> Result<String, String> {
     if t.contains("//") {
         return Err(format!("the XKS path prefix {p:?} has an empty segment"));
     }
+    // The key service serves its console under /ui.
+    if t == "ui" || t.starts_with("ui/") {
+        return Err(format!(
+            "the XKS path prefix {p:?} is taken: /ui is the console's"
+        ));
+    }
     Ok(if t.is_empty() {
         String::new()
     } else {
@@ -616,6 +622,9 @@ mod tests {
             assert_eq!(e.name.status(), 404);
         }
         assert_eq!(normalize_prefix("acme/").unwrap(), "/acme");
+        assert!(normalize_prefix("ui").unwrap_err().contains("console"));
+        assert!(normalize_prefix("/ui/x").is_err());
+        assert_eq!(normalize_prefix("uix").unwrap(), "/uix");
         assert_eq!(uri_path("/acme"), "/acme/kms/xks/v1");
     }
 

@@ -355,12 +355,20 @@ mod tests {
             .resolve()
             .unwrap_err()
             .contains("needs perimeter_state"));
-        assert!(with("perimeter_state = \"x\"\nperimeter_state_env = \"Y\"\n")
+        assert!(
+            with("perimeter_state = \"x\"\nperimeter_state_env = \"Y\"\n")
+                .console
+                .resolve()
+                .unwrap_err()
+                .contains("one of")
+        );
+        assert!(ServerConfig::parse(&format!("{base}[console]\nperimeter = 1\n")).is_err());
+        assert!(ServerConfig::parse(base)
+            .unwrap()
             .console
             .resolve()
-            .unwrap_err()
-            .contains("one of"));
-        assert!(ServerConfig::parse(&format!("{base}[console]\nperimeter = 1\n")).is_err());
-        assert!(ServerConfig::parse(base).unwrap().console.resolve().unwrap().perimeter.is_none());
+            .unwrap()
+            .perimeter
+            .is_none());
     }
 }
