@@ -7,26 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{have, skip, Server};
-
-/// curl with a cookie jar; returns (status, headers+body).
-fn curl(jar: &Path, args: &[&str]) -> (u16, String) {
-    let o = Command::new("curl")
-        .args(["-s", "-i", "-b"])
-        .arg(jar)
-        .arg("-c")
-        .arg(jar)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
+use support::{console_sign_in as sign_in, curl_jar as curl, have, skip, Server};
 
 fn csrf_of(page: &str) -> String {
     let i = page
@@ -48,18 +29,6 @@ fn reader_token(s: &Server, dir: &Path) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn sign_in(s: &Server, jar: &Path, token: &str) {
-    let (st, r) = curl(
-        jar,
-        &[
-            "--data-urlencode",
-            &format!("token={token}"),
-            &format!("{}/ui/login", s.addr),
-        ],
-    );
-    assert_eq!(st, 303, "{r}");
 }
 
 #[test]

@@ -289,21 +289,9 @@ fn controller_enrollment_and_gateway_on_loopback_and_bad_input_refused() {
             &p("ctl-audit.db"),
         ],
     );
-    let jar = p("jar");
-    let curl = |args: &[&str]| {
-        let o = Command::new("curl")
-            .args(["-s", "-b", &jar, "-c", &jar])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).to_string()
-    };
-    curl(&[
-        "--data-urlencode",
-        &format!("token={}", ks.token),
-        &format!("{}/ui/login", ks.addr),
-    ]);
-    let page = curl(&[&format!("{}/ui/perimeter", ks.addr)]);
+    let jar = d.join("jar");
+    support::console_sign_in(&ks, &jar, &ks.token);
+    let (_, page) = support::curl_jar(&jar, &[&format!("{}/ui/perimeter", ks.addr)]);
     assert!(
         page.contains("<th scope=\"row\">gw1</th><td><time"),
         "gw1's last contact: {page}"
@@ -491,21 +479,9 @@ fn two_controllers_share_state_on_postgres() {
     drop(procs);
     // The console reads the shared state from PostgreSQL: the gateway's last contact is there.
     let ks = support::Server::dev(&d.join("ks"), &["--console-perimeter-state", &url]);
-    let jar = p("jar");
-    let curl = |args: &[&str]| {
-        let o = Command::new("curl")
-            .args(["-s", "-b", &jar, "-c", &jar])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).to_string()
-    };
-    curl(&[
-        "--data-urlencode",
-        &format!("token={}", ks.token),
-        &format!("{}/ui/login", ks.addr),
-    ]);
-    let page = curl(&[&format!("{}/ui/perimeter", ks.addr)]);
+    let jar = d.join("jar");
+    support::console_sign_in(&ks, &jar, &ks.token);
+    let (_, page) = support::curl_jar(&jar, &[&format!("{}/ui/perimeter", ks.addr)]);
     assert!(
         page.contains("<th scope=\"row\">gw1</th><td><time"),
         "gw1's last contact: {page}"

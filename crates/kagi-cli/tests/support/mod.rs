@@ -457,3 +457,35 @@ pub fn start_connect(cmd: &mut Command) -> (Proc, String) {
     let addr = line.trim().rsplit(' ').next().unwrap().to_string();
     (Proc(c), addr)
 }
+
+/// curl with a cookie jar (the console's session); returns (HTTP status, headers and body).
+pub fn curl_jar(jar: &Path, args: &[&str]) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-i", "-b"])
+        .arg(jar)
+        .arg("-c")
+        .arg(jar)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Signs in to `server`'s console with `token` (`POST /ui/login`), keeping the session in `jar`.
+pub fn console_sign_in(server: &Server, jar: &Path, token: &str) {
+    let (st, r) = curl_jar(
+        jar,
+        &[
+            "--data-urlencode",
+            &format!("token={token}"),
+            &format!("{}/ui/login", server.addr),
+        ],
+    );
+    assert_eq!(st, 303, "console sign-in: {r}");
+}

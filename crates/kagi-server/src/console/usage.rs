@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use kagi_audit::{AuditRecord, ChainVerifier, Outcome, VerifyFailure};
+use kagi_audit::{AuditEvent, AuditRecord, ChainVerifier, Outcome, VerifyFailure};
 
 /// Hours of per-key counts kept (the longest chart range).
 pub const KEEP_HOURS: i64 = 30 * 24;
@@ -17,37 +17,23 @@ pub const LOG_RECENT: usize = 10_000;
 /// The justification bucket for uses that gave none.
 pub const NO_JUSTIFICATION: &str = "(none)";
 
-/// One audit record as the console shows it (no hashes).
+/// One audit record as the console shows it: its place, its time in seconds, and the event
+/// (no hashes). Derefs to the event, so `a.operation`, `a.key` … read as on a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     /// Place in the chain.
     pub seq: u64,
     /// Unix seconds.
     pub at: i64,
-    /// RFC 3339 as recorded.
-    pub time: String,
-    /// The node that recorded it.
-    pub node: String,
-    /// Who.
-    pub principal: String,
-    /// From where.
-    pub source: Option<String>,
-    /// What.
-    pub operation: String,
-    /// Which key.
-    pub key: Option<String>,
-    /// Which version.
-    pub key_version: Option<u32>,
-    /// Encryption context.
-    pub context: BTreeMap<String, String>,
-    /// Why (justification code).
-    pub justification: Option<String>,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// The recorded reason or note.
-    pub reason: Option<String>,
-    /// Request id.
-    pub request_id: String,
+    /// What was recorded.
+    pub event: AuditEvent,
+}
+
+impl std::ops::Deref for Access {
+    type Target = AuditEvent;
+    fn deref(&self) -> &AuditEvent {
+        &self.event
+    }
 }
 
 impl Access {
@@ -60,18 +46,7 @@ impl Access {
         Self {
             seq: r.seq,
             at,
-            time: r.event.time,
-            node: r.event.node,
-            principal: r.event.principal,
-            source: r.event.source,
-            operation: r.event.operation,
-            key: r.event.key,
-            key_version: r.event.key_version,
-            context: r.event.context,
-            justification: r.event.justification,
-            outcome: r.event.outcome,
-            reason: r.event.reason,
-            request_id: r.event.request_id,
+            event: r.event,
         }
     }
 }
@@ -357,7 +332,7 @@ pub fn parse_hash(line: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kagi_audit::{AuditEvent, AuditLog};
+    use kagi_audit::AuditLog;
     use kagi_store::{sqlite::SqliteAuditStore, AuditStore};
 
     fn event(op: &str, key: &str, just: Option<&str>, outcome: Outcome, time: &str) -> AuditEvent {
