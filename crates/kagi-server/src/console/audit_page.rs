@@ -144,25 +144,35 @@ pub(crate) async fn show(
     let body = html! {
         div id="chain" data-live=[live.then_some("/ui/audit/rows?part=chain")] { (chain_markup(&st)) }
         form class="filters" method="get" action="/ui/audit" role="search" {
-            label for="f-key" { "Key" }
-            input id="f-key" name="key" value=(f.key);
-            label for="f-principal" { "Principal contains" }
-            input id="f-principal" name="principal" value=(f.principal);
-            label for="f-op" { "Operation" }
-            input id="f-op" name="operation" value=(f.operation) list="ops";
-            datalist id="ops" { @for o in Operation::ALL { option value=(o.as_str()) {} } }
-            label for="f-just" { "Justification" }
-            select id="f-just" name="justification" {
-                option value="" selected[f.justification.is_empty()] { "any" }
-                @for j in Justification::ALL {
-                    option value=(j.as_str()) selected[f.justification == j.as_str()] { (j.as_str()) }
+            div class="field" {
+                label for="f-key" { "Key" }
+                input id="f-key" name="key" value=(f.key);
+            }
+            div class="field" {
+                label for="f-principal" { "Principal contains" }
+                input id="f-principal" name="principal" value=(f.principal);
+            }
+            div class="field" {
+                label for="f-op" { "Operation" }
+                input id="f-op" name="operation" value=(f.operation) list="ops";
+                datalist id="ops" { @for o in Operation::ALL { option value=(o.as_str()) {} } }
+            }
+            div class="field" {
+                label for="f-just" { "Justification" }
+                select id="f-just" name="justification" {
+                    option value="" selected[f.justification.is_empty()] { "any" }
+                    @for j in Justification::ALL {
+                        option value=(j.as_str()) selected[f.justification == j.as_str()] { (j.as_str()) }
+                    }
                 }
             }
-            label for="f-outcome" { "Outcome" }
-            select id="f-outcome" name="outcome" {
-                option value="" selected[f.outcome.is_empty()] { "any" }
-                @for o in ["success", "denied", "error"] {
-                    option value=(o) selected[f.outcome == o] { (o) }
+            div class="field" {
+                label for="f-outcome" { "Outcome" }
+                select id="f-outcome" name="outcome" {
+                    option value="" selected[f.outcome.is_empty()] { "any" }
+                    @for o in ["success", "denied", "error"] {
+                        option value=(o) selected[f.outcome == o] { (o) }
+                    }
                 }
             }
             button type="submit" { "Filter" }

@@ -75,13 +75,17 @@ pub(crate) async fn list(
         @if let Some(f) = flash { p class="note" role="status" { (f) } }
         (layout::catching_up(&ix))
         form class="filters" method="get" action="/ui/keys" role="search" {
-            label for="q" { "Name contains" }
-            input id="q" name="q" type="search" value=(q.q);
-            label for="state" { "State" }
-            select id="state" name="state" {
-                option value="" selected[q.state.is_empty()] { "any" }
-                @for s in ["enabled", "disabled", "pending_deletion", "destroyed"] {
-                    option value=(s) selected[q.state == s] { (s) }
+            div class="field" {
+                label for="q" { "Name contains" }
+                input id="q" name="q" type="search" value=(q.q);
+            }
+            div class="field" {
+                label for="state" { "State" }
+                select id="state" name="state" {
+                    option value="" selected[q.state.is_empty()] { "any" }
+                    @for s in ["enabled", "disabled", "pending_deletion", "destroyed"] {
+                        option value=(s) selected[q.state == s] { (s) }
+                    }
                 }
             }
             button type="submit" { "Filter" }

@@ -46,7 +46,7 @@ pub(crate) fn shell(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
             body {
                 a class="skip" href="#main" { "Skip to content" }
                 header class="top" {
-                    span class="brand" { "鍵 kagi" }
+                    span class="brand" title="鍵 (kagi): key" { "kagi" }
                     nav aria-label="Console" {
                         ul {
                             (item(Nav::Keys, "/ui/keys", "Keys"))
@@ -83,7 +83,7 @@ pub(crate) fn login_page(_status: StatusCode, note: Option<&str>, error: Option<
             (head("Sign in"))
             body class="login" {
                 main id="main" {
-                    h1 { "鍵 kagi console" }
+                    h1 { "kagi console" }
                     @if let Some(n) = note { p class="note" role="status" { (n) } }
                     @if let Some(e) = error { p class="error" role="alert" id="login-error" { (e) } }
                     form method="post" action="/ui/login" {
