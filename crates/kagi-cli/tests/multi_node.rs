@@ -293,3 +293,44 @@ fn nodes_killed_under_load_lose_nothing_acknowledged() {
         assert!(n.ok(&["audit", "verify"]).contains("verified"));
     }
 }
+
+/// The console on one node shows uses served by another (it follows the shared audit chain)
+/// and verifies that chain, records from both nodes.
+#[test]
+fn console_on_one_node_follows_uses_on_another() {
+    let Some(b) = Backend::postgres("console_on_one_node_follows_uses_on_another") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&b, dir.path(), "a");
+    let n2 = node(&b, dir.path(), "b");
+    a.ok(&["key", "create", "k1"]);
+    let jar = dir.path().join("jar");
+    support::console_sign_in(&a, &jar, &a.token);
+    let (st, _) = support::curl_jar(&jar, &[&format!("{}/ui/keys/k1", a.addr)]);
+    assert_eq!(st, 200);
+    n2.ok(&[
+        "datakey",
+        "generate",
+        "k1",
+        "--justification",
+        "THIRD_PARTY_DATA_REQUEST",
+    ]);
+    let seen = support::wait_until(Duration::from_secs(10), || {
+        let (_, page) = support::curl_jar(&jar, &[&format!("{}/ui/keys/k1/activity", a.addr)]);
+        page.contains("THIRD_PARTY_DATA_REQUEST")
+    });
+    assert!(seen, "node a's console never showed node b's use");
+    let head = a.json(&["audit", "tail", "-n", "1"])["records"][0]["seq"]
+        .as_u64()
+        .unwrap();
+    let verified = support::wait_until(Duration::from_secs(10), || {
+        let (_, page) = support::curl_jar(&jar, &[&format!("{}/ui/audit", a.addr)]);
+        page.split("id=\"verified-seq\">")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= head)
+    });
+    assert!(verified, "node a's console did not verify the shared chain to {head}");
+}
