@@ -166,6 +166,16 @@ fn console_http_rules() {
         "sign-ins are recorded: {text}"
     );
 
+    // Paging back through the log reads the store below `before`.
+    let (st, r) = curl(&jar, &[&format!("{ui}/audit?before=4")]);
+    assert_eq!(st, 200, "{r}");
+    let seqs: Vec<u64> = r
+        .split("<tr class=\"o-")
+        .skip(1)
+        .filter_map(|row| row.split("<td>").nth(1)?.split('<').next()?.parse().ok())
+        .collect();
+    assert_eq!(seqs, vec![3, 2, 1], "{r}");
+
     // Sign-out ends the session on the server: the old cookie no longer works.
     let saved = std::fs::read_to_string(&jar).unwrap();
     let (st, _) = curl(

@@ -50,9 +50,9 @@ pub(crate) fn shell(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
                     nav aria-label="Console" {
                         ul {
                             (item(Nav::Keys, "/ui/keys", "Keys"))
-                            (item(Nav::Audit, "/ui/audit", "Audit"))
+                            @if ui.may_audit { (item(Nav::Audit, "/ui/audit", "Audit")) }
                             (item(Nav::Policies, "/ui/policies", "Policies"))
-                            @if ui.has_perimeter { (item(Nav::Perimeter, "/ui/perimeter", "Perimeter")) }
+                            @if ui.has_perimeter && ui.may_audit { (item(Nav::Perimeter, "/ui/perimeter", "Perimeter")) }
                         }
                     }
                     form class="signout" method="post" action="/ui/logout" {

@@ -193,6 +193,8 @@ pub(crate) struct Ui {
     cookie: String,
     /// Whether the Perimeter page exists (for the navigation).
     has_perimeter: bool,
+    /// Whether the token may read the audit log (the navigation offers only what works).
+    may_audit: bool,
 }
 
 impl std::fmt::Debug for Ui {
@@ -264,10 +266,13 @@ impl FromRequestParts<Console> for Ui {
             .await
         {
             Ok(caller) => Ok(Ui {
-                caller,
                 session,
                 cookie: cookie.to_string(),
                 has_perimeter: st.perimeter.is_some(),
+                may_audit: st
+                    .svc
+                    .may(&caller, kagi_keys::Operation::Audit, None),
+                caller,
             }),
             Err(_) => {
                 st.sessions.remove(cookie);
