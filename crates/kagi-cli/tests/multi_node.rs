@@ -332,5 +332,8 @@ fn console_on_one_node_follows_uses_on_another() {
             .and_then(|n| n.parse::<u64>().ok())
             .is_some_and(|n| n >= head)
     });
-    assert!(verified, "node a's console did not verify the shared chain to {head}");
+    assert!(
+        verified,
+        "node a's console did not verify the shared chain to {head}"
+    );
 }

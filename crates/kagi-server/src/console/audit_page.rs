@@ -7,8 +7,8 @@ use axum::response::Response;
 use kagi_keys::{Justification, Operation};
 use maud::{html, Markup};
 
-use super::keys_page::{access_table, urlencode};
-use super::layout::{self, Nav};
+use super::key_page::access_table;
+use super::layout::{self, urlencode, Nav};
 use super::usage::{parse_access, Access};
 use super::{page, Console, Ui, UiError};
 

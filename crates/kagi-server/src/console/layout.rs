@@ -165,3 +165,17 @@ pub(crate) fn catching_up(ix: &super::usage::UsageIndex) -> maud::Markup {
         }
     }
 }
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

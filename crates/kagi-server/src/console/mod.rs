@@ -11,6 +11,7 @@
 mod audit_page;
 pub mod charts;
 mod indexer;
+mod key_page;
 mod keys_page;
 mod layout;
 mod perimeter_page;
@@ -86,9 +87,9 @@ pub fn router(svc: AppState, opts: ConsoleOptions) -> Router {
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .route("/keys", get(keys_page::list).post(keys_page::create))
-        .route("/keys/{name}", get(keys_page::show))
-        .route("/keys/{name}/activity", get(keys_page::activity))
-        .route("/keys/{name}/{action}", post(keys_page::act))
+        .route("/keys/{name}", get(key_page::show))
+        .route("/keys/{name}/activity", get(key_page::activity))
+        .route("/keys/{name}/{action}", post(key_page::act))
         .route("/audit", get(audit_page::show))
         .route("/audit/rows", get(audit_page::rows))
         .route(
@@ -269,9 +270,7 @@ impl FromRequestParts<Console> for Ui {
                 session,
                 cookie: cookie.to_string(),
                 has_perimeter: st.perimeter.is_some(),
-                may_audit: st
-                    .svc
-                    .may(&caller, kagi_keys::Operation::Audit, None),
+                may_audit: st.svc.may(&caller, kagi_keys::Operation::Audit, None),
                 caller,
             }),
             Err(_) => {

@@ -9,8 +9,7 @@ use kagi_keys::policy::decide;
 use kagi_keys::{AccessRequest, EncryptionContext, Justification, Operation, Policy};
 use maud::{html, Markup};
 
-use super::keys_page::urlencode;
-use super::layout::{self, csrf_field, Nav};
+use super::layout::{self, csrf_field, urlencode, Nav};
 use super::{page, Console, Ui, UiError};
 use crate::ServiceError;
 
