@@ -19,13 +19,24 @@ pub fn checkpoint_message(seq: u64, hash: &str, time: &str) -> Vec<u8> {
 }
 
 /// Hash of a record given as a JSON object (the "hash" member, if any, is left out).
+#[cfg(test)]
 fn hash_of(mut v: Value) -> String {
-    if let Value::Object(m) = &mut v {
-        m.remove("hash");
-    }
+    hash_in_place(&mut v)
+}
+
+/// As [`hash_of`], leaving `v` as it was (the "hash" member is taken out for hashing and put
+/// back), so the caller can go on to use `v` without a copy.
+fn hash_in_place(v: &mut Value) -> String {
+    let taken = match v {
+        Value::Object(m) => m.remove("hash"),
+        _ => None,
+    };
     // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted, so
     // this is the RFC 8785 form for the strings, integers and nulls records contain.
-    let bytes = serde_json::to_vec(&v).unwrap_or_default();
+    let bytes = serde_json::to_vec(&*v).unwrap_or_default();
+    if let (Value::Object(m), Some(h)) = (v, taken) {
+        m.insert("hash".into(), h);
+    }
     hex::encode(kagi_crypto::sha256(&bytes))
 }
 
@@ -199,9 +210,10 @@ impl ChainVerifier {
         line: &str,
     ) -> Result<AuditRecord, VerifyFailure> {
         let expected = self.n + 1;
-        let v: Value = serde_json::from_str(line)
+        let mut v: Value = serde_json::from_str(line)
             .map_err(|e| fail(expected, format!("record is not valid JSON ({e})")))?;
-        let rec: AuditRecord = serde_json::from_value(v.clone()).map_err(|e| {
+        let computed = hash_in_place(&mut v);
+        let rec: AuditRecord = serde_json::from_value(v).map_err(|e| {
             fail(
                 expected,
                 format!("record does not have the record format ({e})"),
@@ -234,7 +246,7 @@ impl ChainVerifier {
                 ));
             }
         }
-        if hash_of(v) != rec.hash {
+        if computed != rec.hash {
             return Err(fail(
                 expected,
                 "content does not match its hash: the record was altered",
