@@ -138,6 +138,19 @@ fn console_http_rules() {
     assert_eq!(st, 400, "{r}");
     assert!(r.contains("type the key name"), "{r}");
     assert!(!s.ok(&["key", "show", "k1"]).contains("pending"));
+    // Typed right, with no waiting period (a dev server allows it): destroyed at once.
+    s.ok(&["key", "create", "gone"]);
+    let (st, r) = curl(
+        &jar,
+        &[
+            "-d",
+            &format!("csrf={csrf}&confirm=gone&pending_days=0"),
+            &format!("{ui}/keys/gone/schedule-deletion"),
+        ],
+    );
+    assert_eq!(st, 303, "{r}");
+    assert!(r.contains("msg=destroyed"), "{r}");
+    assert!(s.ok(&["key", "show", "gone"]).contains("destroyed"));
 
     // A reader's forged disable (valid session and CSRF token) is refused and recorded.
     let rjar = dir.path().join("rjar");

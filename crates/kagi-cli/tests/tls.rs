@@ -128,6 +128,25 @@ fn tls_with_client_certificates_mapped_to_policies() {
         &run(std::slice::from_ref(&ca), &["datakey", "generate", "k1"]),
         "no credentials",
     );
+    // Over TLS the console's session cookie is also `Secure`.
+    let o = Command::new("curl")
+        .args(["-s", "-i", "--cacert"])
+        .arg(d.join("ca.pem"))
+        .args(["--data-urlencode", &format!("token={}", root.1)])
+        .arg(format!("{addr}/ui/login"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&o.stdout).to_string();
+    let cookie = head
+        .lines()
+        .find(|l| l.to_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie over TLS: {head}"));
+    assert!(
+        cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let tail: serde_json::Value = serde_json::from_slice(
         &run(
             &[ca.clone(), root],

@@ -54,6 +54,7 @@ pub(crate) async fn show(
         "disabled" => Some("Key disabled: every operation with it is refused until it is enabled."),
         "enabled" => Some("Key enabled."),
         "deletion" => Some("Deletion scheduled."),
+        "destroyed" => Some("Key destroyed: every version's material is erased."),
         "cancelled" => Some("Deletion cancelled; the key is disabled until enabled."),
         _ => None,
     };
@@ -321,8 +322,12 @@ pub(crate) async fn act(
                     )
                 })?),
             };
-            st.svc.schedule_deletion(c, &name, days).await?;
-            "deletion"
+            let rec = st.svc.schedule_deletion(c, &name, days).await?;
+            if rec.state == KeyState::Destroyed {
+                "destroyed"
+            } else {
+                "deletion"
+            }
         }
         _ => {
             return Err(UiError::new(
