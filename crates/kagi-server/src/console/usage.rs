@@ -11,7 +11,7 @@ use kagi_audit::{AuditEvent, AuditRecord, ChainVerifier, Outcome, VerifyFailure}
 /// Hours of per-key counts kept (the longest chart range).
 pub const KEEP_HOURS: i64 = 30 * 24;
 /// Latest accesses kept per key.
-pub const KEY_RECENT: usize = 50;
+pub const KEY_RECENT: usize = 25;
 /// Latest records kept for the audit page's live view and filters.
 pub const LOG_RECENT: usize = 10_000;
 /// The justification bucket for uses that gave none.
@@ -423,6 +423,27 @@ mod tests {
         let denied = ix.latest(10, |a| a.outcome == Outcome::Denied);
         assert_eq!(denied.len(), 1);
         assert_eq!(denied[0].seq, 3);
+    }
+
+    #[test]
+    fn latest_records_per_key_are_bounded() {
+        let t = "2026-11-28T10:05:00.000000Z";
+        let rows = lines(
+            (0..KEY_RECENT + 5)
+                .map(|_| event("decrypt", "k1", None, Outcome::Success, t))
+                .collect(),
+        );
+        let mut ix = UsageIndex::new();
+        for (s, l) in &rows {
+            ix.ingest(*s, l);
+        }
+        let k = ix.key("k1").expect("k1");
+        assert_eq!(k.recent.len(), KEY_RECENT);
+        assert_eq!(k.recent.back().map(|a| a.seq), Some(KEY_RECENT as u64 + 5));
+        assert_eq!(
+            k.hours.values().map(HourCounts::total).sum::<u64>(),
+            KEY_RECENT as u64 + 5
+        );
     }
 
     #[test]
