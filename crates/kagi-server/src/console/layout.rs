@@ -76,7 +76,7 @@ pub(crate) fn csrf_field(ui: &Ui) -> Markup {
 }
 
 /// The sign-in form, with a note (info) or an error.
-pub(crate) fn login_page(_status: StatusCode, note: Option<&str>, error: Option<&str>) -> Markup {
+pub(crate) fn login_page(note: Option<&str>, error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {

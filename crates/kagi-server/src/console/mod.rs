@@ -322,7 +322,7 @@ async fn login_page(axum::extract::Query(q): axum::extract::Query<LoginQuery>) -
         "out" => Some("Signed out."),
         _ => None,
     };
-    page(layout::login_page(StatusCode::OK, note, None))
+    page(layout::login_page(note, None))
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -372,7 +372,7 @@ async fn login(
     Form(f): Form<LoginForm>,
 ) -> Response {
     let refuse = |status: StatusCode, msg: &str| {
-        (status, page(layout::login_page(status, None, Some(msg)))).into_response()
+        (status, page(layout::login_page(None, Some(msg)))).into_response()
     };
     if !same_origin(&headers) {
         return refuse(

@@ -164,6 +164,8 @@ pub struct UsageIndex {
     recent_hashes: VecDeque<(u64, String)>,
     /// Checkpoints already checked (they arrive in order).
     checkpoints_seen: usize,
+    /// The record the last checked checkpoint pins (0 before any).
+    checkpointed_seq: u64,
     /// The log's last record when the indexer last looked (for progress while catching up).
     pub log_head: u64,
     /// Whether the indexer has looked at the store at least once.
@@ -188,22 +190,20 @@ impl UsageIndex {
     /// index keeps counting what it can parse, but the status stays broken.
     pub fn ingest(&mut self, seq: u64, line: &str) {
         self.next_seq = seq + 1;
-        let rec = if self.broken.is_none() {
+        // Once the chain is broken, records are only parsed, not verified.
+        let verified = if self.broken.is_some() {
+            None
+        } else {
             match self.verifier.push(Some(seq), line) {
-                Ok(r) => r,
+                Ok(r) => Some(r),
                 Err(f) => {
                     self.broken = Some(f);
-                    match serde_json::from_str::<AuditRecord>(line) {
-                        Ok(r) => r,
-                        Err(_) => return,
-                    }
+                    None
                 }
             }
-        } else {
-            match serde_json::from_str::<AuditRecord>(line) {
-                Ok(r) => r,
-                Err(_) => return,
-            }
+        };
+        let Some(rec) = verified.or_else(|| serde_json::from_str::<AuditRecord>(line).ok()) else {
+            return;
         };
         self.recent_hashes.push_back((rec.seq, rec.hash.clone()));
         if self.recent_hashes.len() > LOG_RECENT {
@@ -271,7 +271,22 @@ impl UsageIndex {
                 return;
             }
             self.checkpoints_seen += 1;
+            self.checkpointed_seq = cp.seq;
         }
+    }
+
+    /// Whether the store's checkpoints are worth reading now: while catching up, before the
+    /// hashes of unchecked records leave memory; once caught up, while verified records are
+    /// not yet pinned by a checkpoint (one is signed when the log goes idle).
+    pub fn wants_checkpoints(&self, caught_up: bool) -> bool {
+        let unpinned =
+            self.verifier.last_seq() - self.checkpointed_seq.min(self.verifier.last_seq());
+        self.broken.is_none()
+            && if caught_up {
+                unpinned > 0
+            } else {
+                unpinned as usize >= LOG_RECENT / 2
+            }
     }
 
     /// One key's activity.
@@ -423,6 +438,65 @@ mod tests {
         let denied = ix.latest(10, |a| a.outcome == Outcome::Denied);
         assert_eq!(denied.len(), 1);
         assert_eq!(denied[0].seq, 3);
+    }
+
+    #[test]
+    fn signed_checkpoints_are_checked_and_then_no_longer_wanted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn AuditStore> =
+            Arc::new(SqliteAuditStore::open(&dir.path().join("a.db")).expect("store"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let t = "2026-11-28T10:05:00.000000Z";
+        rt.block_on(async {
+            let log = AuditLog::start(store.clone()).expect("log");
+            log.set_signer(Some(
+                kagi_crypto::SigningKey::from_seed(&kagi_crypto::SecretKey32::generate())
+                    .expect("key"),
+            ));
+            for _ in 0..2_500 {
+                log.record(event("generate", "k1", None, Outcome::Success, t))
+                    .await
+                    .expect("record");
+            }
+        });
+        let cps = store.checkpoints().expect("checkpoints");
+        assert!(cps.len() >= 2, "the writer signs every 1,000 records");
+        let mut ix = UsageIndex::new();
+        assert!(
+            !ix.wants_checkpoints(true),
+            "nothing verified, nothing to pin"
+        );
+        for (s, l) in store.read(1, 10_000).expect("read") {
+            ix.ingest(s, &l);
+        }
+        assert!(ix.wants_checkpoints(true));
+        let mut fetched = Vec::new();
+        ix.check_checkpoints(&cps, |seq| {
+            fetched.push(seq);
+            None
+        });
+        assert!(fetched.is_empty(), "recent hashes are in memory");
+        assert_eq!(ix.chain().checkpoints, cps.len());
+        assert!(ix.chain().broken.is_none());
+        let last = cps.last().map_or(0, |c| c.seq);
+        assert_eq!(ix.wants_checkpoints(true), last < 2_500);
+
+        // A checkpoint whose signature does not verify breaks the chain.
+        let mut bad = cps.clone();
+        bad[0].signature = "00".repeat(64);
+        let mut ix = UsageIndex::new();
+        for (s, l) in store.read(1, 10_000).expect("read") {
+            ix.ingest(s, &l);
+        }
+        ix.check_checkpoints(&bad, |_| None);
+        assert_eq!(ix.chain().broken.map(|b| b.seq), Some(bad[0].seq));
+        assert!(
+            !ix.wants_checkpoints(true),
+            "a broken chain wants nothing more"
+        );
     }
 
     #[test]
